@@ -1,0 +1,1 @@
+"""Per-algorithm steps, named as their papers name them."""

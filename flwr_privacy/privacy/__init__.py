@@ -1,0 +1,1 @@
+"""Privacy mechanisms: clipping, noise, the sparse vector technique, accounting."""
