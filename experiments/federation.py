@@ -1,0 +1,85 @@
+"""From a run config to the strategy (server side) and the client (client side) it names."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.common import Context
+
+from clients.fedavg import FedAvgClient, client_seed
+from flwr_privacy.config import RunConfig
+from flwr_privacy.data import TensorData, load_dataset
+from flwr_privacy.models import build_model
+from flwr_privacy.partition import partition
+from flwr_privacy.training import evaluate, pick_device
+from flwr_privacy.wire import arrays_to_model, model_to_arrays
+from strategies import FedAvg
+from strategies.base import RoundCallback
+
+
+@lru_cache(maxsize=4)
+def client_partitions(
+    dataset: str, data_dir: str, method: str, num_clients: int, seed: int, alpha: float, shards: int
+) -> list[np.ndarray]:
+    train, _ = load_dataset(dataset, data_dir)
+    return partition(train.y.numpy(), num_clients, method, seed, alpha, shards)
+
+
+def client_data(cfg: RunConfig, partition_id: int) -> TensorData:
+    """The training examples that client ``partition_id`` holds."""
+    if not 0 <= partition_id < cfg.num_clients:
+        raise ValueError(f"partition-id={partition_id} is outside [0, num-clients={cfg.num_clients})")
+    train, _ = load_dataset(cfg.dataset, cfg.data_dir)
+    parts = client_partitions(
+        cfg.dataset, cfg.data_dir, cfg.partition, cfg.num_clients, cfg.seed, cfg.alpha, cfg.shards_per_client
+    )
+    return train.subset(parts[partition_id])
+
+
+def make_evaluate_fn(cfg: RunConfig, test: TensorData):
+    """Server-side evaluation of the global model on the held-out test set."""
+    model = build_model(cfg.model, test.in_shape, 10, cfg.seed)
+    device = pick_device(cfg.device)
+
+    def evaluate_fn(server_round: int, arrays: list[np.ndarray], config: dict) -> tuple[float, dict]:
+        arrays_to_model(model, arrays)
+        loss, accuracy = evaluate(model, test, device)
+        return loss, {"accuracy": accuracy}
+
+    return evaluate_fn
+
+
+def make_strategy(cfg: RunConfig, run_config: dict[str, Any], on_round: RoundCallback | None = None):
+    """The Flower Strategy a run config names, initialised with the seeded global model."""
+    _, test = load_dataset(cfg.dataset, cfg.data_dir)
+    model = build_model(cfg.model, test.in_shape, 10, cfg.seed)
+    common = dict(
+        initial_arrays=model_to_arrays(model),
+        evaluate_fn=make_evaluate_fn(cfg, test),
+        fraction_fit=cfg.fraction_fit,
+        min_fit_clients=cfg.min_fit_clients,
+        on_round=on_round,
+    )
+    if cfg.strategy == "fedavg":
+        return FedAvg(**common)
+    raise ValueError(f"strategy={cfg.strategy!r} is not available yet")
+
+
+def make_client(cfg: RunConfig, run_config: dict[str, Any], context: Context):
+    """The NumPyClient a run config names, for the SuperNode this context belongs to."""
+    partition_id = int(context.node_config["partition-id"])
+    num_partitions = int(context.node_config.get("num-partitions", cfg.num_clients))
+    if num_partitions != cfg.num_clients:
+        raise ValueError(
+            f"num-clients={cfg.num_clients} but the federation has num-partitions={num_partitions}: make them equal"
+        )
+    data = client_data(cfg, partition_id)
+    model = build_model(cfg.model, data.in_shape, 10, cfg.seed)
+    device = pick_device(cfg.device)
+    seed = client_seed(cfg.seed, partition_id)
+    if cfg.strategy == "fedavg":
+        return FedAvgClient(model, data, cfg.sgd, cfg.local_epochs, device, seed)
+    raise ValueError(f"strategy={cfg.strategy!r} is not available yet")

@@ -1,0 +1,83 @@
+"""Result files of a run: one row per round in ``rounds.csv`` and ``rounds.json``, and ``accuracy.png``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+COLUMNS = (
+    "round",
+    "test_accuracy",
+    "test_loss",
+    "train_loss",
+    "clients",
+    "accepted",
+    "failures",
+    "bytes_up",
+    "bytes_down",
+    "bytes_up_per_client",
+    "bytes_down_per_client",
+    "cum_bytes_up",
+    "cum_bytes_down",
+    "epsilon",
+    "wall_time_s",
+)
+
+
+class ResultsWriter:
+    """Rewrites the run's result files after every round, so a stopped run keeps what it reached."""
+
+    def __init__(self, output_dir: str | Path, config: dict[str, Any], plot: bool = True) -> None:
+        self.dir = Path(output_dir).expanduser().resolve()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict[str, Any]] = []
+        self.plot = plot
+        (self.dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        self.rows.append(record)
+        extra = sorted({k for r in self.rows for k in r} - set(COLUMNS))
+        columns = [c for c in COLUMNS if any(c in r for r in self.rows)] + extra
+        with open(self.dir / "rounds.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        (self.dir / "rounds.json").write_text(json.dumps(self.rows, indent=1))
+        if self.plot:
+            plot_rounds(self.rows, self.dir / "accuracy.png", title=self.dir.name)
+
+
+def plot_rounds(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Test accuracy against round, and against cumulative bytes exchanged (up + down)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.get("test_accuracy") is not None]
+    if not rows:
+        return
+    rounds = [r["round"] for r in rows]
+    acc = [r["test_accuracy"] for r in rows]
+    mb_up = [r["cum_bytes_up"] / 1e6 for r in rows]
+    mb_all = [(r["cum_bytes_up"] + r["cum_bytes_down"]) / 1e6 for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(rounds, acc, marker=".")
+    ax1.set(xlabel="round", ylabel="test accuracy", title=title)
+    ax1.grid(alpha=0.3)
+    ax2.plot(mb_all, acc, marker=".", label="up + down")
+    ax2.plot(mb_up, acc, marker=".", label="up (clients to server)")
+    ax2.set(xlabel="cumulative MB exchanged", ylabel="test accuracy")
+    if max(mb_all) > 0:
+        ax2.set_xscale("symlog", linthresh=max(min(v for v in mb_all if v > 0), 1e-3))
+    ax2.legend()
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def load_rows(output_dir: str | Path) -> list[dict[str, Any]]:
+    return json.loads((Path(output_dir) / "rounds.json").read_text())

@@ -1,0 +1,270 @@
+"""Deep Gradient Compression (Lin, Han, Mao, Wang, Dally, ICLR 2018, arXiv 1712.01887): a client's memory.
+
+A client keeps, over the flat vector of its model, the momentum ``u`` and the accumulated gradient
+``v`` of Eq. 7. Per mini-batch it clips the gradient (local gradient clipping, sec. 3.2), adds weight
+decay, and folds the result into ``u`` and ``v`` (momentum correction, sec. 3.2); per round it sends
+the largest entries of ``v`` layer by layer (Algorithm 1, at the round's warm-up sparsity, sec. 3.3)
+and clears what it sent from ``v`` and, with momentum factor masking (sec. 3.3, Eq. 8), from ``u``.
+The server averages the sparse updates and takes a plain SGD step: the momentum already lives in the
+clients' ``v``, and a server momentum on top would apply it twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from flwr_privacy.compression.topk import select_sampled_threshold, select_topk
+from flwr_privacy.privacy.clipping import clip_by_l2_norm
+
+SELECTIONS = ("topk", "sampled")
+# The paper's warm-up (sec. 3.3): sparsity rises exponentially, about 1 - 0.25^(e+1), to 99.9 %.
+PAPER_WARMUP_SPARSITIES = (0.75, 0.9375, 0.984375, 0.996, 0.999)
+
+
+def _invalid(key: str, value: object, allowed: str) -> ValueError:
+    return ValueError(f"DGCConfig.{key}={value!r} is invalid: {allowed}")
+
+
+@dataclass
+class DGCConfig:
+    """DGC's settings; each technique of the paper's Table 1 has its own switch, for ablations."""
+
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    momentum_correction: bool = True
+    local_accumulation: bool = True
+    momentum_masking: bool = True
+    clip_norm: float | None = None
+    num_workers: int = 1
+    final_sparsity: float = 0.999
+    warmup_sparsities: tuple[float, ...] = PAPER_WARMUP_SPARSITIES
+    warmup_epochs_per_stage: int = 1
+    selection: str = "sampled"
+    sample_ratio: float = 0.01
+    dense_below: int = 0
+
+    def __post_init__(self) -> None:
+        # Hydra and run configs hand over lists; a tuple keeps the config hashable and unchanging.
+        self.warmup_sparsities = tuple(float(s) for s in self.warmup_sparsities)
+        self._check_ranges()
+        self._check_schedule()
+        self._check_combinations()
+
+    def _check_ranges(self) -> None:
+        if not 0 <= self.momentum < 1:
+            raise _invalid("momentum", self.momentum, "must be in [0, 1)")
+        if not self.weight_decay >= 0:
+            raise _invalid("weight_decay", self.weight_decay, "must be >= 0")
+        if self.clip_norm is not None and not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
+            raise _invalid("clip_norm", self.clip_norm, "must be None (no clipping) or a finite number > 0")
+        if not (isinstance(self.num_workers, int) and self.num_workers >= 1):
+            raise _invalid("num_workers", self.num_workers, "must be an integer >= 1")
+        if not 0 <= self.final_sparsity < 1:
+            raise _invalid("final_sparsity", self.final_sparsity, "must be in [0, 1)")
+        if not (isinstance(self.warmup_epochs_per_stage, int) and self.warmup_epochs_per_stage >= 1):
+            raise _invalid("warmup_epochs_per_stage", self.warmup_epochs_per_stage, "must be an integer >= 1")
+        if self.selection not in SELECTIONS:
+            raise _invalid("selection", self.selection, f"allowed: {SELECTIONS}")
+        if not 0 < self.sample_ratio <= 1:
+            raise _invalid("sample_ratio", self.sample_ratio, "must be in (0, 1]")
+        if not (isinstance(self.dense_below, int) and self.dense_below >= 0):
+            raise _invalid("dense_below", self.dense_below, "must be an integer >= 0")
+
+    def _check_schedule(self) -> None:
+        schedule = self.warmup_sparsities + (self.final_sparsity,)
+        if any(not 0 <= s < 1 for s in schedule):
+            raise _invalid("warmup_sparsities", self.warmup_sparsities, "every entry must be in [0, 1)")
+        if any(a > b for a, b in zip(schedule, schedule[1:])):
+            raise _invalid(
+                "warmup_sparsities",
+                self.warmup_sparsities,
+                f"must be non-decreasing and end at or below final_sparsity={self.final_sparsity}",
+            )
+
+    def _check_combinations(self) -> None:
+        if self.momentum_correction and self.momentum == 0:
+            raise _invalid("momentum_correction", True, "needs momentum > 0: there is no momentum to correct")
+        if self.momentum_masking and not self.momentum_correction:
+            raise _invalid(
+                "momentum_masking",
+                True,
+                "needs momentum_correction=True: without it the client keeps no momentum u to mask",
+            )
+        if self.momentum_masking and not self.local_accumulation:
+            raise _invalid(
+                "momentum_masking",
+                True,
+                "needs local_accumulation=True: masking stops stale momentum pushing delayed residuals,"
+                " and without accumulation nothing is delayed",
+            )
+
+    @property
+    def server_momentum(self) -> float:
+        """Momentum the server applies: 0 with momentum correction (Eq. 7), ``momentum`` without it (Eq. 5)."""
+        return 0.0 if self.momentum_correction else self.momentum
+
+    def sparsity_at(self, epoch: int) -> float:
+        """Warm-up sparsity (sec. 3.3): each schedule entry for warmup_epochs_per_stage epochs, then final."""
+        if epoch < 0:
+            raise ValueError(f"epoch={epoch} is invalid: must be >= 0")
+        stage = epoch // self.warmup_epochs_per_stage
+        if stage < len(self.warmup_sparsities):
+            return self.warmup_sparsities[stage]
+        return self.final_sparsity
+
+
+def kept_count(numel: int, sparsity: float) -> int:
+    """Entries one tensor of numel entries sends at a sparsity: ceil((1 - sparsity) * numel), at least 1."""
+    # Rounding first keeps float noise from adding an entry: (1 - 0.999) * 1000 is 1.0000000000000009.
+    return max(1, math.ceil(round((1 - sparsity) * numel, 6)))
+
+
+class DGCMemory:
+    """One client's u (momentum) and v (accumulated gradient) over a flat model, per Algorithm 1 and Eq. 7."""
+
+    def __init__(self, config: DGCConfig, segments: Sequence[int], device: torch.device | str = "cpu") -> None:
+        segments = tuple(int(n) for n in segments)
+        if not segments or any(n < 1 for n in segments):
+            raise ValueError(f"segments={segments!r} is invalid: need at least one tensor size, each >= 1")
+        self.config = config
+        self.segments = segments
+        self.numel = sum(segments)
+        self.u = torch.zeros(self.numel, device=device)
+        self.v = torch.zeros(self.numel, device=device)
+
+    def clip_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        """Local gradient clipping (sec. 3.2): L2 norm to clip_norm * N^(-1/2), N the number of workers."""
+        if self.config.clip_norm is None:
+            return grad
+        return clip_by_l2_norm(grad, self.config.clip_norm * self.config.num_workers**-0.5)
+
+    def add_weight_decay(self, grad: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """g + weight_decay * w, added locally so the decay is accumulated and sparsified with the gradient."""
+        if self.config.weight_decay == 0:
+            return grad
+        return grad + self.config.weight_decay * weights
+
+    def momentum_correction(self, grad: torch.Tensor) -> None:
+        """Momentum correction (Eq. 7): u <- m u + g; v <- v + u, so v accumulates the momentum-SGD step."""
+        self.u.mul_(self.config.momentum).add_(grad)
+        self.v.add_(self.u)
+
+    def gradient_accumulation(self, grad: torch.Tensor) -> None:
+        """Ablation without momentum correction (Eq. 5): v <- v + g, the raw gradient accumulates.
+
+        The paper's baseline applies momentum after sparsification, to the sum of the sparse updates
+        (u_t = m u_{t-1} + sum_k sparse(v_k); w <- w - lr u_t), so it is the server's to apply: see
+        DGCConfig.server_momentum and apply_momentum_update. The client keeps no u in this mode.
+        """
+        self.v.add_(grad)
+
+    def accumulate(self, grad: torch.Tensor, weights: torch.Tensor) -> None:
+        """One mini-batch (Algorithm 1's inner loop, Eq. 7): clip, add weight decay, then fold into u and v."""
+        grad = self._check_flat("grad", grad)
+        weights = self._check_flat("weights", weights)
+        grad = self.add_weight_decay(self.clip_gradient(grad), weights)
+        if self.config.momentum_correction:
+            self.momentum_correction(grad)
+        else:
+            self.gradient_accumulation(grad)
+
+    def compress(
+        self, sparsity: float, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k of v per tensor (Algorithm 1's per-layer selection): global int64 indices and their values."""
+        if not 0 <= sparsity < 1:
+            raise ValueError(f"sparsity={sparsity!r} is invalid: must be in [0, 1)")
+        chosen = []
+        offset = 0
+        for size in self.segments:
+            part = self.v[offset : offset + size]
+            if size < self.config.dense_below:
+                # Small tensors (biases, batch norm) cost little and are sent whole, as the reference code does.
+                local = torch.arange(size, device=self.v.device)
+            else:
+                local = self._select(part, kept_count(size, sparsity), generator)
+            chosen.append(local + offset)
+            offset += size
+        indices = torch.cat(chosen)
+        return indices, self.v[indices].clone()
+
+    def mask_momentum(self, indices: torch.Tensor) -> None:
+        """Clear what was sent: v at indices (all of v without local accumulation); u too if masking (Eq. 8)."""
+        if self.config.local_accumulation:
+            self.v[indices] = 0
+        else:
+            self.v.zero_()
+        if self.config.momentum_masking:
+            self.u[indices] = 0
+
+    def compress_and_mask(
+        self, sparsity: float, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One round's send (Algorithm 1, Eq. 8): compress, then mask_momentum on what is sent."""
+        indices, values = self.compress(sparsity, generator)
+        self.mask_momentum(indices)
+        return indices, values
+
+    def num_selected(self, sparsity: float) -> int:
+        """Entries compress sends at this sparsity: the sum over tensors of kept_count (or all, if dense)."""
+        return sum(n if n < self.config.dense_below else kept_count(n, sparsity) for n in self.segments)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """u and v as float32 NumPy copies, to survive between rounds in the client's context state."""
+        return {"u": self.u.detach().cpu().numpy().copy(), "v": self.v.detach().cpu().numpy().copy()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore u and v saved by state_dict; keys and shapes must match this memory."""
+        if set(state) != {"u", "v"}:
+            raise ValueError(f"DGC memory state must have keys ['u', 'v'], got {sorted(state)}")
+        for key in ("u", "v"):
+            array = np.asarray(state[key])
+            if array.shape != (self.numel,):
+                raise ValueError(f"DGC memory state {key!r}: expected shape ({self.numel},), got {array.shape}")
+            getattr(self, key).copy_(torch.from_numpy(array.astype(np.float32)))
+
+    def _select(self, part: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
+        if self.config.selection == "topk":
+            return select_topk(part, k)[0]
+        return select_sampled_threshold(part, k, self.config.sample_ratio, generator)[0]
+
+    def _check_flat(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if x.shape != (self.numel,):
+            raise ValueError(f"{name}: expected a flat tensor of shape ({self.numel},), got {tuple(x.shape)}")
+        return x.to(device=self.v.device, dtype=self.v.dtype)
+
+
+def average_sparse(
+    updates: Sequence[tuple[torch.Tensor, torch.Tensor]], weights: Sequence[float], numel: int
+) -> torch.Tensor:
+    """Weighted mean of sparse updates as a dense vector (sum_k n_k sparse(v_k) / sum_k n_k, cf. Eq. 7)."""
+    if not updates:
+        raise ValueError("no updates to average")
+    if len(updates) != len(weights):
+        raise ValueError(f"{len(updates)} updates but {len(weights)} weights")
+    if any(not w > 0 for w in weights):
+        raise ValueError(f"weights must be positive, got {list(weights)}")
+    total = float(sum(weights))
+    device = updates[0][1].device
+    dense = torch.zeros(numel, dtype=torch.float32, device=device)
+    for (indices, values), weight in zip(updates, weights):
+        dense.index_add_(0, indices.to(device), values.to(device=device, dtype=torch.float32), alpha=weight / total)
+    return dense
+
+
+def apply_update(weights: torch.Tensor, update: torch.Tensor, lr: float) -> torch.Tensor:
+    """Server step of Eq. 7: w <- w - lr * update, plain SGD (the momentum is already in the clients' v)."""
+    return weights - lr * update
+
+
+def apply_momentum_update(
+    weights: torch.Tensor, velocity: torch.Tensor, update: torch.Tensor, lr: float, momentum: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Server step of Eq. 5 (ablation without momentum correction): u <- m u + update; w <- w - lr * u."""
+    velocity = momentum * velocity + update
+    return apply_update(weights, velocity, lr), velocity

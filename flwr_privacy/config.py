@@ -1,0 +1,111 @@
+"""The run configuration: one validated dataclass shared by ``flwr run``, Hydra and Python callers.
+
+Keys are Flower's kebab-case run-config keys (``num-rounds``, ``fraction-fit``); each maps to the
+snake_case field of the same name. Algorithm settings live under a dotted section (``dgc.*``,
+``dssgd.*``) and are validated by that algorithm's own config class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from flwr_privacy.data import DATASETS
+from flwr_privacy.models import MODELS
+from flwr_privacy.partition import PARTITIONS
+from flwr_privacy.training import SGDSettings
+
+STRATEGIES = ("fedavg", "dgc", "dssgd")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one federated run needs besides the algorithm's own section."""
+
+    strategy: str = "fedavg"
+    dataset: str = "mnist-embedded"
+    data_dir: str = ""
+    model: str = "cnn"
+    partition: str = "iid"
+    alpha: float = 0.5
+    shards_per_client: int = 2
+    num_clients: int = 10
+    fraction_fit: float = 0.5
+    min_fit_clients: int = 1
+    num_rounds: int = 10
+    local_epochs: int = 1
+    batch_size: int = 10
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    augment: bool = False
+    seed: int = 0
+    device: str = "auto"
+    output_dir: str = "outputs/latest"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = {"str": str, "int": int, "float": (int, float), "bool": bool}[f.type]
+            if not isinstance(value, expected) or (f.type in ("int", "float") and isinstance(value, bool)):
+                raise ValueError(f"{_key(f.name)}={value!r} must be of type {f.type}")
+        self._choice("strategy", STRATEGIES)
+        self._choice("dataset", DATASETS)
+        self._choice("model", tuple(MODELS))
+        self._choice("partition", PARTITIONS)
+        self._choice("device", DEVICES)
+        if not 0 < self.fraction_fit <= 1:
+            raise ValueError(f"fraction-fit={self.fraction_fit} must be in (0, 1]")
+        for name in ("num_clients", "min_fit_clients", "num_rounds", "local_epochs", "shards_per_client"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{_key(name)}={getattr(self, name)} must be >= 1")
+        if not self.alpha > 0:
+            raise ValueError(f"alpha={self.alpha} must be > 0")
+        if self.clients_per_round > self.num_clients:
+            raise ValueError(
+                f"min-fit-clients={self.min_fit_clients} samples more clients than exist "
+                f"(num-clients={self.num_clients}); allowed: 1 <= min-fit-clients <= num-clients"
+            )
+        self.sgd  # validates lr, momentum, weight decay and batch size
+
+    def _choice(self, name: str, allowed: tuple[str, ...]) -> None:
+        if getattr(self, name) not in allowed:
+            raise ValueError(f"{_key(name)}={getattr(self, name)!r} is unknown; allowed: {list(allowed)}")
+
+    @property
+    def clients_per_round(self) -> int:
+        """Clients sampled each round: max(C * K, min-fit-clients), as FedAvg samples them."""
+        return max(int(self.fraction_fit * self.num_clients), self.min_fit_clients)
+
+    @property
+    def sgd(self) -> SGDSettings:
+        return SGDSettings(
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            augment=self.augment,
+        )
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> RunConfig:
+        """Build from Flower's run config (kebab-case keys); dotted section keys are left to their owners."""
+        known = {_key(f.name): f.name for f in fields(cls)}
+        unknown = [k for k in run_config if "." not in k and k not in known]
+        if unknown:
+            raise ValueError(f"unknown run-config keys {unknown}; allowed: {sorted(known)}")
+        return cls(**{known[k]: v for k, v in run_config.items() if k in known})
+
+    def to_run_config(self) -> dict[str, Any]:
+        return {_key(f.name): getattr(self, f.name) for f in fields(self)}
+
+
+def section(run_config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The keys under ``name.`` with the prefix removed and kebab-case turned into field names."""
+    prefix = f"{name}."
+    return {k[len(prefix) :].replace("-", "_"): v for k, v in run_config.items() if k.startswith(prefix)}

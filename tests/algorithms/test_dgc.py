@@ -1,0 +1,263 @@
+"""DGC's client memory, worked by hand on tiny tensors, plus its config, schedule, state and server step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flwr_privacy.algorithms.dgc import (
+    DGCConfig,
+    DGCMemory,
+    apply_momentum_update,
+    apply_update,
+    average_sparse,
+    kept_count,
+)
+
+# Pieces under test one at a time: exact top-k, nothing else switched on unless a test says so.
+PLAIN = dict(selection="topk", momentum=0.0, momentum_correction=False, momentum_masking=False)
+
+
+def _t(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def _sent(memory: DGCMemory, sparsity: float) -> dict[int, float]:
+    indices, values = memory.compress_and_mask(sparsity)
+    return dict(zip(indices.tolist(), values.tolist()))
+
+
+# --- momentum correction, masking, accumulation -------------------------------------------------
+
+
+def test_momentum_correction_with_masking_by_hand() -> None:
+    memory = DGCMemory(DGCConfig(momentum=0.5, selection="topk"), segments=[4])
+    zeros = torch.zeros(4)
+
+    # Round 1: u = g = [1, 2, 3, 4]; v = u. Half of 4 entries: send {2: 3, 3: 4}, clear them in u and v.
+    memory.accumulate(_t(1, 2, 3, 4), zeros)
+    assert _sent(memory, 0.5) == {2: 3.0, 3: 4.0}
+    assert memory.u.tolist() == [1, 2, 0, 0] and memory.v.tolist() == [1, 2, 0, 0]
+
+    # Round 2: u = 0.5 [1, 2, 0, 0] + 1 = [1.5, 2, 1, 1]; v = [1, 2, 0, 0] + u = [2.5, 4, 1, 1].
+    memory.accumulate(_t(1, 1, 1, 1), zeros)
+    assert memory.u.tolist() == [1.5, 2, 1, 1] and memory.v.tolist() == [2.5, 4, 1, 1]
+    assert _sent(memory, 0.5) == {0: 2.5, 1: 4.0}
+    assert memory.u.tolist() == [0, 0, 1, 1] and memory.v.tolist() == [0, 0, 1, 1]
+
+    # Round 3: u = 0.5 [0, 0, 1, 1] + [0, 0, 0, -4] = [0, 0, 0.5, -3.5]; v = [0, 0, 1.5, -2.5].
+    memory.accumulate(_t(0, 0, 0, -4), zeros)
+    assert _sent(memory, 0.5) == {2: 1.5, 3: -2.5}
+
+
+def test_without_masking_stale_momentum_keeps_pushing_sent_entries() -> None:
+    config = DGCConfig(momentum=0.5, selection="topk", momentum_masking=False)
+    memory = DGCMemory(config, segments=[4])
+    memory.accumulate(_t(1, 2, 3, 4), torch.zeros(4))
+    assert _sent(memory, 0.5) == {2: 3.0, 3: 4.0}
+    # v is still cleared where sent, u is not: u = 0.5 [1, 2, 3, 4] + 1 = [1.5, 2, 2.5, 3]; v = [1, 2, 0, 0] + u.
+    assert memory.u.tolist() == [1, 2, 3, 4] and memory.v.tolist() == [1, 2, 0, 0]
+    memory.accumulate(_t(1, 1, 1, 1), torch.zeros(4))
+    assert _sent(memory, 0.5) == {1: 4.0, 3: 3.0}
+
+
+def test_momentum_correction_over_two_mini_batches_in_a_round() -> None:
+    memory = DGCMemory(DGCConfig(momentum=0.5, selection="topk"), segments=[2])
+    memory.accumulate(_t(1, 0), torch.zeros(2))  # u = [1, 0], v = [1, 0]
+    memory.accumulate(_t(1, 0), torch.zeros(2))  # u = [1.5, 0], v = [2.5, 0]
+    assert memory.u.tolist() == [1.5, 0] and memory.v.tolist() == [2.5, 0]
+
+
+def test_local_accumulation_carries_the_unsent_residual() -> None:
+    memory = DGCMemory(DGCConfig(**PLAIN), segments=[3])
+    memory.accumulate(_t(1, 5, 2), torch.zeros(3))
+    assert _sent(memory, 0.5) == {1: 5.0, 2: 2.0}
+    memory.accumulate(_t(1, 1, 0.5), torch.zeros(3))
+    # v = [1, 0, 0] + [1, 1, 0.5]: the unsent 1 from round 1 makes entry 0 the largest now.
+    assert _sent(memory, 0.5) == {0: 2.0, 1: 1.0}
+
+
+def test_without_local_accumulation_nothing_is_carried() -> None:
+    memory = DGCMemory(DGCConfig(local_accumulation=False, **PLAIN), segments=[3])
+    memory.accumulate(_t(1, 5, 2), torch.zeros(3))
+    memory.compress_and_mask(0.5)
+    assert memory.v.tolist() == [0, 0, 0]
+
+
+def test_ablation_without_momentum_correction_accumulates_the_raw_gradient() -> None:
+    config = DGCConfig(momentum=0.9, momentum_correction=False, momentum_masking=False, selection="topk")
+    memory = DGCMemory(config, segments=[2])
+    memory.accumulate(_t(1, 2), torch.zeros(2))
+    memory.accumulate(_t(1, 2), torch.zeros(2))
+    assert memory.v.tolist() == [2, 4] and memory.u.tolist() == [0, 0]
+    assert config.server_momentum == 0.9 and DGCConfig().server_momentum == 0.0
+
+
+# --- clipping and weight decay -------------------------------------------------------------------
+
+
+def test_local_clipping_scales_the_norm_by_one_over_sqrt_workers() -> None:
+    # clip_norm 2 with N = 4 workers clips each worker to 2 / sqrt(4) = 1: [3, 4] (norm 5) -> [0.6, 0.8].
+    memory = DGCMemory(DGCConfig(clip_norm=2.0, num_workers=4, **PLAIN), segments=[2])
+    memory.accumulate(_t(3, 4), torch.zeros(2))
+    torch.testing.assert_close(memory.v, _t(0.6, 0.8))
+
+
+def test_gradient_within_the_clip_norm_is_unchanged() -> None:
+    memory = DGCMemory(DGCConfig(clip_norm=10.0, **PLAIN), segments=[2])
+    memory.accumulate(_t(3, 4), torch.zeros(2))
+    assert memory.v.tolist() == [3, 4]
+
+
+def test_weight_decay_is_added_after_clipping_and_before_accumulation() -> None:
+    # Clipped gradient [0.6, 0.8] plus 0.1 * [10, -20] = [1.6, -1.2]; the decay itself is not clipped.
+    memory = DGCMemory(DGCConfig(clip_norm=1.0, weight_decay=0.1, **PLAIN), segments=[2])
+    memory.accumulate(_t(3, 4), _t(10, -20))
+    torch.testing.assert_close(memory.v, _t(1.6, -1.2))
+
+
+# --- selection per tensor ------------------------------------------------------------------------
+
+
+def test_selection_is_per_tensor_with_global_indices() -> None:
+    # A global top-2 would take both entries of the first tensor; per tensor each sends its own largest.
+    memory = DGCMemory(DGCConfig(**PLAIN), segments=[2, 2])
+    memory.accumulate(_t(10, 20, 1, -2), torch.zeros(4))
+    assert _sent(memory, 0.5) == {1: 20.0, 3: -2.0}
+
+
+def test_small_tensors_below_dense_below_are_sent_whole() -> None:
+    memory = DGCMemory(DGCConfig(dense_below=16, **PLAIN), segments=[1000, 10])
+    memory.accumulate(torch.randn(1010, generator=torch.Generator().manual_seed(0)), torch.zeros(1010))
+    indices, _ = memory.compress(0.99)
+    assert len(indices) == 10 + 10 == memory.num_selected(0.99)
+    assert set(range(1000, 1010)) <= set(indices.tolist())
+    assert all(i < 1000 for i in indices.tolist()[:10])
+
+
+def test_sampled_selection_sends_the_same_entries_as_topk() -> None:
+    grad = torch.randn(30_000, generator=torch.Generator().manual_seed(3))
+    sent = []
+    for selection in ("topk", "sampled"):
+        memory = DGCMemory(DGCConfig(**{**PLAIN, "selection": selection}), segments=[20_000, 10_000])
+        memory.accumulate(grad, torch.zeros(30_000))
+        indices, _ = memory.compress(0.99, torch.Generator().manual_seed(0))
+        sent.append(set(indices.tolist()))
+    assert sent[0] == sent[1] and len(sent[0]) == 200 + 100
+
+
+@pytest.mark.parametrize(
+    ("numel", "sparsity", "expected"),
+    [(1000, 0.999, 1), (11_000_000, 0.999, 11_000), (10, 0.999, 1), (5, 0.0, 5), (7, 0.75, 2)],
+)
+def test_kept_count_is_ceil_of_density_times_numel_at_least_one(numel: int, sparsity: float, expected: int) -> None:
+    assert kept_count(numel, sparsity) == expected
+
+
+def test_compress_rejects_sparsity_outside_range() -> None:
+    with pytest.raises(ValueError, match="sparsity"):
+        DGCMemory(DGCConfig(), segments=[4]).compress(1.0)
+
+
+def test_accumulate_rejects_a_gradient_of_the_wrong_shape() -> None:
+    with pytest.raises(ValueError, match=r"grad: expected a flat tensor of shape \(4,\)"):
+        DGCMemory(DGCConfig(), segments=[4]).accumulate(torch.zeros(5), torch.zeros(4))
+
+
+# --- warm-up schedule and config -----------------------------------------------------------------
+
+
+def test_warmup_follows_the_papers_schedule_then_final() -> None:
+    config = DGCConfig()
+    assert [config.sparsity_at(e) for e in range(7)] == [0.75, 0.9375, 0.984375, 0.996, 0.999, 0.999, 0.999]
+
+
+def test_warmup_stages_last_several_epochs_then_final_sparsity() -> None:
+    config = DGCConfig(warmup_sparsities=[0.5, 0.9], warmup_epochs_per_stage=2, final_sparsity=0.99)
+    assert [config.sparsity_at(e) for e in range(6)] == [0.5, 0.5, 0.9, 0.9, 0.99, 0.99]
+    assert config.warmup_sparsities == (0.5, 0.9)
+
+
+def test_no_warmup_means_final_sparsity_from_the_start() -> None:
+    assert DGCConfig(warmup_sparsities=(), final_sparsity=0.9).sparsity_at(0) == 0.9
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"momentum": 1.0}, r"momentum=1.0 is invalid: must be in \[0, 1\)"),
+        ({"momentum": -0.1}, "momentum"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+        ({"clip_norm": 0.0}, "clip_norm"),
+        ({"num_workers": 0}, "num_workers"),
+        ({"final_sparsity": 1.0}, r"final_sparsity=1.0 is invalid: must be in \[0, 1\)"),
+        ({"final_sparsity": -0.1}, "final_sparsity"),
+        ({"warmup_sparsities": (0.5, 1.0)}, r"every entry must be in \[0, 1\)"),
+        ({"warmup_sparsities": (0.9, 0.5)}, "non-decreasing"),
+        ({"warmup_sparsities": (0.5, 0.9), "final_sparsity": 0.8}, "at or below final_sparsity"),
+        ({"warmup_epochs_per_stage": 0}, "warmup_epochs_per_stage"),
+        ({"selection": "random"}, "selection"),
+        ({"sample_ratio": 0.0}, "sample_ratio"),
+        ({"dense_below": -1}, "dense_below"),
+        ({"momentum": 0.0}, "momentum_correction=True is invalid: needs momentum > 0"),
+        ({"momentum_correction": False}, "momentum_masking=True is invalid: needs momentum_correction=True"),
+        ({"local_accumulation": False}, "momentum_masking=True is invalid: needs local_accumulation=True"),
+    ],
+)
+def test_bad_config_raises_naming_key_and_value(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        DGCConfig(**kwargs)
+
+
+def test_sparsity_at_negative_epoch_is_rejected() -> None:
+    with pytest.raises(ValueError, match="epoch"):
+        DGCConfig().sparsity_at(-1)
+
+
+# --- state ---------------------------------------------------------------------------------------
+
+
+def test_state_dict_round_trip() -> None:
+    config = DGCConfig(momentum=0.5, selection="topk")
+    memory = DGCMemory(config, segments=[3, 2])
+    memory.accumulate(_t(1, -2, 3, 4, 5), torch.zeros(5))
+    memory.compress_and_mask(0.5)
+    state = memory.state_dict()
+    assert all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in state.values())
+
+    restored = DGCMemory(config, segments=[3, 2])
+    restored.load_state_dict(state)
+    assert torch.equal(restored.u, memory.u) and torch.equal(restored.v, memory.v)
+
+
+@pytest.mark.parametrize(
+    ("state", "match"),
+    [
+        ({"u": np.zeros(4, np.float32), "v": np.zeros(5, np.float32)}, r"'u': expected shape \(5,\), got \(4,\)"),
+        ({"u": np.zeros(5, np.float32)}, "keys"),
+    ],
+)
+def test_load_state_dict_rejects_mismatches(state: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        DGCMemory(DGCConfig(), segments=[3, 2]).load_state_dict(state)
+
+
+# --- server step ---------------------------------------------------------------------------------
+
+
+def test_average_sparse_weights_by_example_counts() -> None:
+    updates = [(torch.tensor([0, 2]), _t(4, 8)), (torch.tensor([2, 3]), _t(4, -4))]
+    # Weights 1 and 3: entry 2 = (1 * 8 + 3 * 4) / 4 = 5; entry 0 = 4 / 4; entry 3 = -12 / 4.
+    assert average_sparse(updates, [1, 3], numel=4).tolist() == [1, 0, 5, -3]
+
+
+def test_average_sparse_rejects_bad_weights() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        average_sparse([(torch.tensor([0]), _t(1))], [0], numel=2)
+
+
+def test_server_steps() -> None:
+    assert apply_update(_t(1, 1), _t(2, -2), lr=0.5).tolist() == [0, 2]
+    weights, velocity = apply_momentum_update(_t(1, 1), _t(2, 0), _t(1, 1), lr=0.5, momentum=0.5)
+    assert velocity.tolist() == [2, 1] and weights.tolist() == [0, 0.5]

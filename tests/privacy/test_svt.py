@@ -1,0 +1,172 @@
+"""The sparse vector technique: noise scales, stopping rule, selection, and the epsilon each variant guarantees."""
+
+import math
+
+import pytest
+import torch
+
+from flwr_privacy.privacy.svt import (
+    PAPER_RELEASE_FRACTION,
+    SVTScales,
+    budget_split,
+    guaranteed_epsilon,
+    svt_above_threshold,
+    svt_dssgd,
+)
+
+SVTS = [svt_above_threshold, svt_dssgd]
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_paper_scales_follow_dssgd_formulas():
+    eps, c, delta = 0.9, 5, 2.0
+    eps1, eps2 = 8 / 9 * eps, 1 / 9 * eps
+    sigma1 = 2 * c * delta / eps1
+    scales = budget_split(eps, c, "paper", delta)
+    assert scales == pytest.approx(SVTScales(sigma1, 2 * sigma1, 2 * c * delta / eps2))
+    assert scales == pytest.approx((25.0, 50.0, 200.0))
+
+
+@pytest.mark.parametrize("c", [1, 7, 1000])
+def test_proven_scales_follow_lyu_alg7_with_optimal_ratio(c):
+    eps, delta, release = 2.0, 0.5, 0.25
+    eps_select, eps3 = 0.75 * eps, 0.25 * eps
+    eps1 = eps_select / (1 + (2 * c) ** (2 / 3))
+    eps2 = eps_select - eps1
+    scales = budget_split(eps, c, "proven", delta, release)
+    assert scales.threshold == pytest.approx(delta / eps1)
+    assert scales.query == pytest.approx(2 * c * delta / eps2)
+    assert scales.release == pytest.approx(c * delta / eps3)
+    # The split is Lyu et al.'s optimum for non-monotonic queries, eps1 : eps2 = 1 : (2c)^(2/3).
+    assert (2 * c * delta / scales.query) / (delta / scales.threshold) == pytest.approx((2 * c) ** (2 / 3))
+
+
+@pytest.mark.parametrize("c", [1, 3, 100])
+@pytest.mark.parametrize("release", [PAPER_RELEASE_FRACTION, 0.5])
+def test_proven_variant_guarantees_exactly_its_epsilon(c, release):
+    scales = budget_split(1.3, c, "proven", 0.2, release)
+    assert guaranteed_epsilon(scales, c, 0.2) == pytest.approx(1.3)
+
+
+@pytest.mark.parametrize("c", [1, 2, 10, 10_000])
+def test_paper_variant_guarantee_from_its_scales(c):
+    eps = 1.0
+    guaranteed = guaranteed_epsilon(budget_split(eps, c, "paper", 0.002), c, 0.002)
+    # eps1/(2c) for the threshold + eps1/2 for the queries + eps2/2 for the values.
+    assert guaranteed == pytest.approx(eps * (0.5 + 4 / (9 * c)))
+    assert guaranteed <= 17 / 18 * eps + 1e-12
+
+
+def test_guaranteed_epsilon_is_reported_on_the_result():
+    values = torch.linspace(-1, 1, 50)
+    proven = svt_above_threshold(values, 0.5, 4, 2.0, 2.0, _gen())
+    paper = svt_dssgd(values, 0.5, 4, 2.0, 2.0, _gen())
+    assert proven.epsilon_claimed == paper.epsilon_claimed == 2.0
+    assert proven.epsilon_guaranteed == pytest.approx(2.0)
+    assert paper.epsilon_guaranteed == pytest.approx(2.0 * (0.5 + 4 / 36))
+
+
+@pytest.mark.parametrize("svt", SVTS)
+def test_huge_epsilon_selects_exactly_the_values_above_threshold(svt):
+    values = torch.tensor([0.1, -0.9, 0.3, 0.75, -0.2, 0.6, 0.05, -0.55])
+    result = svt(values, 0.5, 8, 1e9, 1.0, _gen())
+    assert sorted(result.indices.tolist()) == [1, 3, 5, 7]
+    assert torch.allclose(result.values, values[result.indices], atol=1e-4)
+    assert result.num_queries == values.numel()
+
+
+@pytest.mark.parametrize("svt", SVTS)
+def test_stops_after_c_positive_answers(svt):
+    values = torch.ones(100)
+    result = svt(values, 0.0, 5, 1e9, 1.0, _gen())
+    assert result.indices.numel() == 5
+    assert result.num_queries == 5
+    assert len(set(result.indices.tolist())) == 5
+
+
+def test_proven_variant_never_selects_more_than_c():
+    values = torch.rand(500, generator=_gen(1))
+    for seed in range(10):
+        result = svt_above_threshold(values, 0.5, 20, 5.0, 1.0, _gen(seed))
+        assert result.indices.numel() <= 20
+        assert result.values.shape == result.indices.shape
+        if result.indices.numel() == 20:
+            assert 20 <= result.num_queries <= 500
+        else:
+            assert result.num_queries == 500
+
+
+def test_selection_is_a_random_sample_in_random_order():
+    values = torch.ones(1000)
+    picks = [svt_above_threshold(values, 0.0, 10, 1e9, 1.0, _gen(s)).indices.tolist() for s in range(2)]
+    assert picks[0] != picks[1]
+    assert picks[0] != sorted(picks[0])
+
+
+def test_magnitudes_are_the_queries():
+    values = torch.tensor([-5.0, 0.0, 5.0])
+    result = svt_dssgd(values, 1.0, 3, 1e9, 1.0, _gen())
+    assert sorted(result.indices.tolist()) == [0, 2]
+
+
+def test_release_noise_has_the_release_scale():
+    n, eps = 20_000, 1.0
+    values = torch.zeros(n, dtype=torch.float64)
+    # A threshold far below every value passes them all, so all n values are released with noise.
+    result = svt_above_threshold(values, -1e12, n, eps, 1.0, _gen(5))
+    expected = budget_split(eps, n, "proven", 1.0).release
+    assert result.values.abs().mean().item() == pytest.approx(expected, rel=0.03)
+
+
+def test_reproducible_with_a_generator():
+    values = torch.randn(200, generator=_gen(3))
+    a = svt_above_threshold(values, 0.5, 10, 1.0, 1.0, _gen(9))
+    b = svt_above_threshold(values, 0.5, 10, 1.0, 1.0, _gen(9))
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.values, b.values)
+
+
+def test_results_keep_device_and_dtype():
+    values = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    result = svt_above_threshold(values, 0.0, 2, 1e9, 1.0, _gen())
+    assert result.indices.dtype == torch.int64
+    assert result.values.dtype == torch.float64
+
+
+def test_empty_selection_is_allowed():
+    result = svt_above_threshold(torch.zeros(10), 100.0, 3, 1e9, 1.0, _gen())
+    assert result.indices.numel() == 0 and result.values.numel() == 0
+    assert result.num_queries == 10
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"epsilon": 0.0}, "epsilon"),
+        ({"epsilon": math.inf}, "epsilon"),
+        ({"c": 0}, "c "),
+        ({"c": 2.0}, "c "),
+        ({"sensitivity": -1.0}, "sensitivity"),
+        ({"release_fraction": 1.0}, "release_fraction"),
+        ({"release_fraction": 0.0}, "release_fraction"),
+        ({"variant": "roth"}, "variant"),
+    ],
+)
+def test_budget_split_validates(kwargs, match):
+    args = {"epsilon": 1.0, "c": 2, "variant": "proven", "sensitivity": 1.0} | kwargs
+    with pytest.raises(ValueError, match=match):
+        budget_split(**args)
+
+
+@pytest.mark.parametrize("svt", SVTS)
+def test_svt_validates_values(svt):
+    with pytest.raises(ValueError, match="1-D"):
+        svt(torch.zeros(2, 2), 0.0, 1, 1.0, 1.0)
+    with pytest.raises(ValueError, match="1-D"):
+        svt(torch.zeros(3, dtype=torch.int64), 0.0, 1, 1.0, 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        svt(torch.tensor([1.0, math.nan]), 0.0, 1, 1.0, 1.0)
+    with pytest.raises(ValueError, match="threshold"):
+        svt(torch.zeros(3), math.inf, 1, 1.0, 1.0)
