@@ -10,7 +10,7 @@ import torch
 from flwr.common import Context
 
 from clients.fedavg import FedAvgClient, client_seed
-from flwr_privacy.config import RunConfig
+from flwr_privacy.config import RunConfig, section
 from flwr_privacy.data import TensorData, load_dataset
 from flwr_privacy.models import build_model
 from flwr_privacy.partition import partition
@@ -18,6 +18,9 @@ from flwr_privacy.training import evaluate, pick_device
 from flwr_privacy.wire import arrays_to_model, model_to_arrays
 from strategies import FedAvg
 from strategies.base import RoundCallback
+
+# Dotted run-config sections and the config class that validates each; filled as algorithms land.
+ALGORITHM_SECTIONS: dict[str, type] = {}
 
 
 @lru_cache(maxsize=4)
@@ -50,6 +53,18 @@ def make_evaluate_fn(cfg: RunConfig, test: TensorData):
         return loss, {"accuracy": accuracy}
 
     return evaluate_fn
+
+
+def validate_run_config(run_config: dict[str, Any]) -> RunConfig:
+    """Check every key of a run config, the algorithm's section included, before anything trains."""
+    cfg = RunConfig.from_run_config(run_config)
+    sections = {k.split(".", 1)[0] for k in run_config if "." in k}
+    unknown = sections - set(ALGORITHM_SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown run-config sections {sorted(unknown)}; allowed: {sorted(ALGORITHM_SECTIONS)}")
+    for name, config_cls in ALGORITHM_SECTIONS.items():
+        config_cls(**section(run_config, name))
+    return cfg
 
 
 def make_strategy(cfg: RunConfig, run_config: dict[str, Any], on_round: RoundCallback | None = None):

@@ -5,14 +5,13 @@ from __future__ import annotations
 from flwr.common import Context
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
-from experiments.federation import make_strategy
+from experiments.federation import make_strategy, validate_run_config
 from experiments.results import ResultsWriter
-from flwr_privacy.config import RunConfig
 
 
 def server_fn(context: Context) -> ServerAppComponents:
     run_config = dict(context.run_config)
-    cfg = RunConfig.from_run_config(run_config)
+    cfg = validate_run_config(run_config)
     writer = ResultsWriter(cfg.output_dir, run_config)
     strategy = make_strategy(cfg, run_config, on_round=writer)
     return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=cfg.num_rounds))

@@ -4,7 +4,10 @@ Random float32 gradients of 1M and 11M entries at 99.9 % sparsity (the paper's f
 time is the median of --repeats runs after warm-up. Selection is also reported in "passes over
 memory": its time divided by that of x.abs().sum(), one read of the gradient.
 
-    python experiments/benchmarks/topk_selection.py [--device cuda|cpu] [--repeats N]
+    python experiments/benchmarks/topk_selection.py [--device cuda|cpu] [--repeats N] [--threads N]
+
+On a CPU shared with other work, --threads 1 gives steadier numbers: a multi-threaded kernel waits
+for its slowest thread, and a descheduled thread costs a whole scheduler slice.
 """
 
 from __future__ import annotations
@@ -85,9 +88,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: its own)")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats={args.repeats} is invalid: must be >= 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads={args.threads} is invalid: must be >= 1")
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; sparsity {SPARSITY}; median of {args.repeats}")

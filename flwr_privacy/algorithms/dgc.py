@@ -191,7 +191,7 @@ class DGCMemory:
             chosen.append(local + offset)
             offset += size
         indices = torch.cat(chosen)
-        return indices, self.v[indices].clone()
+        return indices, self.v[indices]
 
     def mask_momentum(self, indices: torch.Tensor) -> None:
         """Clear what was sent: v at indices (all of v without local accumulation); u too if masking (Eq. 8)."""

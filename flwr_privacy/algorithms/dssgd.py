@@ -7,9 +7,9 @@ runs the five steps of "Local training":
    the local copies (`download_indices`, `overwrite_local`);
 2. run local SGD (``flwr_privacy.training``; not here);
 3. compute the change Delta w of every parameter (`compute_change`);
-4. select at most c = theta_u * |w| changes to upload: the largest (`select_largest`) or a random
-   sample of those above tau (`select_random_above_threshold`); with DP, the sparse vector
-   technique selects instead ("Differentially private parameter sharing", ``flwr_privacy.privacy.svt``);
+4. select at most c = ceil(theta_u |w|) changes to upload (`num_upload`): the largest
+   (`select_largest`) or a random sample of those above tau (`select_random_above_threshold`);
+   with DP, the sparse vector technique selects instead (``flwr_privacy.privacy.svt``);
 5. clip the selected values into [-gamma, gamma] (`clip_selected`) and upload them.
 
 The "Parameter server" (`DSSGDServer`) adds each uploaded value to its parameter, counts
@@ -38,10 +38,10 @@ import torch
 from flwr_privacy.compression.base import PayloadError
 from flwr_privacy.compression.topk import select_topk
 from flwr_privacy.privacy.clipping import clip_by_value
+from flwr_privacy.privacy.svt import VARIANTS as SVT_VARIANTS
 from flwr_privacy.privacy.svt import svt_above_threshold, svt_dssgd
 
 SELECTIONS = ("largest", "random_threshold")
-SVT_VARIANTS = ("proven", "paper")
 
 # Uploaded values may exceed gamma by this relative amount: a value clipped to gamma and then sent
 # as float16 can round up by up to 2^-11 of itself.
@@ -91,7 +91,8 @@ class DSSGDConfig:
             raise _invalid("epsilon", self.epsilon, "a finite number > 0")
         if self.svt_variant not in SVT_VARIANTS:
             raise _invalid("svt_variant", self.svt_variant, f"one of {SVT_VARIANTS}")
-        if isinstance(self.decay_every, bool) or not isinstance(self.decay_every, int) or self.decay_every < 1:
+        every = self.decay_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise _invalid("decay_every", self.decay_every, "an int >= 1")
 
 
@@ -114,7 +115,7 @@ class Upload:
 
 
 def _fraction_count(fraction: float, n: int) -> int:
-    """ceil(fraction * n), at least 1, at most n; a product within float error of an integer is that integer."""
+    """ceil(fraction * n) clamped to [1, n]; a product within float error of an integer is that integer."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"number of parameters must be an int >= 1, got {n!r}")
     if not 0 < fraction <= 1:
@@ -135,7 +136,7 @@ def _flat(name: str, x: torch.Tensor) -> None:
 
 
 def download_indices(stats: torch.Tensor, theta_d: float) -> torch.Tensor:
-    """Indices (ascending) of the ceil(theta_d |w|) parameters with the largest stat_j, ties to the lower index."""
+    """Step 1, server side: indices (ascending) of the ceil(theta_d |w|) largest stat_j, ties to lower j."""
     _flat("stats", stats)
     n = stats.numel()
     count = _fraction_count(theta_d, n)
@@ -146,11 +147,14 @@ def download_indices(stats: torch.Tensor, theta_d: float) -> torch.Tensor:
     return torch.sort(ranked[:count]).values
 
 
-def overwrite_local(local_flat: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def overwrite_local(
+    local_flat: torch.Tensor, indices: torch.Tensor, values: torch.Tensor
+) -> torch.Tensor:
     """Step 1: a copy of the local parameters with the downloaded values written over their entries."""
     _flat("local parameters", local_flat)
     if indices.shape != values.shape or indices.dim() != 1:
-        raise ValueError(f"indices {tuple(indices.shape)} and values {tuple(values.shape)} must be 1-D and equal")
+        shapes = f"indices {tuple(indices.shape)} and values {tuple(values.shape)}"
+        raise ValueError(f"{shapes} must be 1-D of equal length")
     updated = local_flat.detach().clone()
     updated[indices.to(updated.device)] = values.to(updated.device, updated.dtype)
     return updated
@@ -175,7 +179,7 @@ def select_largest(delta: torch.Tensor, k: int) -> torch.Tensor:
 def select_random_above_threshold(
     delta: torch.Tensor, k: int, tau: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Step 4, "random with threshold" rule: k indices (ascending) drawn among |Delta w_j| > tau; fewer if fewer pass."""
+    """Step 4, "random with threshold": k indices (ascending) among |Delta w_j| > tau, fewer if fewer pass."""
     _flat("delta", delta)
     candidates = torch.nonzero(delta.detach().abs() > tau).flatten()
     chosen = torch.randperm(candidates.numel(), generator=generator)[: max(k, 0)]
@@ -188,7 +192,7 @@ def clip_selected(values: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 def estimate_sensitivity(gamma: float) -> float:
-    """Delta f = 2 gamma: values clipped into [-gamma, gamma] differ by at most 2 gamma ("Estimating sensitivity")."""
+    """Delta f = 2 gamma ("Estimating sensitivity"): values in [-gamma, gamma] differ by at most 2 gamma."""
     return 2 * gamma
 
 
@@ -212,7 +216,7 @@ def participant_upload(
 def _private_upload(
     delta: torch.Tensor, c: int, config: DSSGDConfig, generator: torch.Generator | None
 ) -> Upload:
-    """With DP: the SVT tests |clip(Delta w_j)| against tau; the noisy values it releases are clipped again."""
+    """With DP: the SVT tests |clip(Delta w_j)| against tau; the noisy values it releases are re-clipped."""
     svt = svt_above_threshold if config.svt_variant == "proven" else svt_dssgd
     result = svt(
         clip_by_value(delta.detach(), config.gamma),
@@ -241,7 +245,7 @@ def _as_numpy(name: str, x: torch.Tensor | np.ndarray) -> np.ndarray:
 def validate_upload(
     indices: torch.Tensor | np.ndarray, values: torch.Tensor | np.ndarray, num_params: int, gamma: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check an upload before it touches the server; returns (int64 indices, float values) or raises PayloadError.
+    """Check an upload before it touches the server: (int64 indices, float values), or PayloadError.
 
     Self-contained on purpose: the codec checks some of this too, but the update counters must
     never move on a payload that is later found bad.
@@ -263,7 +267,8 @@ def validate_upload(
     if not np.isfinite(vals).all():
         raise PayloadError("values contain NaN or Inf")
     if vals.size and np.abs(vals).max() > gamma * (1 + GAMMA_TOLERANCE):
-        raise PayloadError(f"value {float(np.abs(vals).max())} outside [-gamma, gamma] with gamma={gamma}")
+        largest = float(np.abs(vals).max())
+        raise PayloadError(f"value of magnitude {largest} outside [-gamma, gamma] with gamma={gamma}")
     return torch.from_numpy(idx.astype(np.int64)), torch.from_numpy(vals.copy())
 
 
@@ -292,7 +297,9 @@ class DSSGDServer:
         """A copy of the update counters stat_j."""
         return self._stats.clone()
 
-    def apply_upload(self, indices: torch.Tensor | np.ndarray, values: torch.Tensor | np.ndarray) -> None:
+    def apply_upload(
+        self, indices: torch.Tensor | np.ndarray, values: torch.Tensor | np.ndarray
+    ) -> None:
         """w_j += Delta w_j and stat_j += 1 for each uploaded j; a rejected upload changes nothing."""
         idx, vals = validate_upload(indices, values, self.num_params, self.config.gamma)
         idx = idx.to(self._params.device)
@@ -306,9 +313,9 @@ class DSSGDServer:
         self._stats *= beta
 
     def maybe_decay(self, round_idx: int) -> bool:
-        """Decay by config.counter_decay after rounds that are multiples of config.decay_every; True if it did."""
+        """Decay by config.counter_decay after every decay_every-th round (1-based); True if it did."""
         if isinstance(round_idx, bool) or not isinstance(round_idx, int) or round_idx < 1:
-            raise ValueError(f"round_idx must be an int >= 1 (Flower counts rounds from 1), got {round_idx!r}")
+            raise ValueError(f"round_idx must be an int >= 1 (Flower counts from 1), got {round_idx!r}")
         if self.config.counter_decay == 1 or round_idx % self.config.decay_every:
             return False
         self.decay_counters(self.config.counter_decay)

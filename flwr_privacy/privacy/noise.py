@@ -1,4 +1,4 @@
-"""Laplace and Gaussian noise, and the mechanisms that calibrate them (Dwork & Roth 2014, Sec. 3.3, App. A).
+"""Laplace and Gaussian noise, and the mechanisms calibrating them (Dwork & Roth 2014, Sec. 3.3, App. A).
 
 Every sampler takes an optional ``torch.Generator`` so that a seeded run is reproducible;
 ``torch.distributions`` cannot take one, so Laplace noise is drawn as the difference of two
@@ -62,7 +62,7 @@ def laplace_mechanism(
     epsilon: float,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """x + Lap(sensitivity / epsilon) per entry: epsilon-DP for L1 sensitivity `sensitivity` (D&R Thm. 3.6)."""
+    """x + Lap(sensitivity / epsilon) per entry: epsilon-DP for that L1 sensitivity (D&R Thm. 3.6)."""
     _require_positive("sensitivity", sensitivity)
     _require_positive("epsilon", epsilon)
     noise = laplace_noise(x.shape, sensitivity / epsilon, generator, dtype=x.dtype)
@@ -70,7 +70,7 @@ def laplace_mechanism(
 
 
 def gaussian_sigma(sensitivity: float, epsilon: float, delta: float) -> float:
-    """sigma = sqrt(2 ln(1.25/delta)) * sensitivity / epsilon, valid for 0 < epsilon < 1 (D&R Thm. A.1)."""
+    """sigma = sqrt(2 ln(1.25/delta)) sensitivity / epsilon, valid for epsilon < 1 (D&R Thm. A.1)."""
     _require_positive("sensitivity", sensitivity)
     _require_positive("epsilon", epsilon)
     if not 0 < delta < 1:
@@ -80,7 +80,7 @@ def gaussian_sigma(sensitivity: float, epsilon: float, delta: float) -> float:
         # can be too small, so refuse rather than silently report an unproven guarantee.
         raise ValueError(
             f"epsilon must be < 1 for the classic Gaussian mechanism, got {epsilon}; "
-            "use the analytic Gaussian mechanism (Balle & Wang 2018) or an RDP accountant for epsilon >= 1"
+            "for epsilon >= 1 use the analytic Gaussian mechanism (Balle & Wang 2018) or an RDP accountant"
         )
     return math.sqrt(2 * math.log(1.25 / delta)) * sensitivity / epsilon
 
@@ -92,6 +92,6 @@ def gaussian_mechanism(
     delta: float,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """x + N(0, sigma^2) per entry: (epsilon, delta)-DP for L2 sensitivity `sensitivity` (D&R Thm. A.1)."""
+    """x + N(0, sigma^2) per entry: (epsilon, delta)-DP for that L2 sensitivity (D&R Thm. A.1)."""
     sigma = gaussian_sigma(sensitivity, epsilon, delta)
     return x + gaussian_noise(x.shape, sigma, generator, dtype=x.dtype).to(x.device)

@@ -1,4 +1,4 @@
-"""The sparse vector technique (SVT): release at most c noisy values whose magnitude passes a noisy threshold.
+"""The sparse vector technique (SVT): release at most c noisy values whose magnitudes pass a noisy threshold.
 
 Two variants, both over a 1-D tensor of values whose query answers are their magnitudes |v_i|,
 each query with sensitivity `sensitivity` (Delta) and examined in a random order until c of them
@@ -9,17 +9,18 @@ pass or all have been examined:
   sigma(e) = 2 c Delta / e; threshold noise Lap(sigma(eps1)), query noise Lap(2 sigma(eps1)),
   released values v_i + Lap(sigma(eps2)).
 * ``"proven"`` (the default): Lyu, Su & Li, "Understanding the Sparse Vector Technique for
-  Differential Privacy" (VLDB 2017), Alg. 7 with its numeric output: the selection budget is split
-  eps1 : eps2 = 1 : (2c)^(2/3) (their Sec. 4.2 optimum for queries that are not monotonic, which
-  magnitudes of gradient changes are not); threshold noise Lap(Delta/eps1), query noise
-  Lap(2 c Delta/eps2), released values v_i + Lap(c Delta/eps3) with a fresh draw.
+  Differential Privacy" (VLDB 2017), Alg. 7 with its numeric output: eps3 = release_fraction * eps
+  for the values, and the rest split eps1 : eps2 = 1 : (2c)^(2/3) (their optimum for queries that
+  are not monotonic, which magnitudes of parameter changes are not); threshold noise
+  Lap(Delta/eps1), query noise Lap(2 c Delta/eps2), released values v_i + Lap(c Delta/eps3) drawn
+  fresh.
 
 What each guarantees is computed from the noise scales actually used, by `guaranteed_epsilon`:
-Lyu et al. Thm. 2 (their Alg. 1, which takes any threshold and query scales) bounds the selection
-by Delta/b_threshold + 2 c Delta/b_query, and releasing at most c values with fresh Laplace noise
-costs c Delta/b_release by sequential composition. For "proven" that sum is exactly eps. For
-"paper" it is eps * (1/2 + 4/(9c)), at most 17/18 eps: the paper's variant is private at its
-claimed eps (it uses about twice the noise it needs). docs/dssgd.md gives the derivation.
+Lyu et al.'s privacy proof for their Alg. 1, valid for any threshold and query scales, bounds the
+selection by Delta/b_threshold + 2 c Delta/b_query, and releasing at most c values with fresh
+Laplace noise costs c Delta/b_release by sequential composition. For "proven" the sum is exactly
+eps. For "paper" it is eps * (1/2 + 4/(9c)), at most 17/18 eps: the paper's variant is private at
+its claimed eps, with about twice the noise it needs. docs/dssgd.md gives the derivation.
 
 The threshold noise is drawn once and never refreshed (Lyu et al. Alg. 1 and 7), which is what
 lets all query noise be drawn at once and the first c passes be read off in one vectorised step.
@@ -81,7 +82,7 @@ def budget_split(
     sensitivity: float = 1.0,
     release_fraction: float = PAPER_RELEASE_FRACTION,
 ) -> SVTScales:
-    """Noise scales of `variant` for budget epsilon, c releases and query sensitivity Delta (see module doc)."""
+    """Noise scales of `variant` for budget epsilon, c releases and sensitivity Delta (see the module doc)."""
     _validate_budget(epsilon, c, sensitivity, release_fraction)
     eps_select = (1 - release_fraction) * epsilon
     eps_release = release_fraction * epsilon
@@ -101,7 +102,7 @@ def budget_split(
 
 
 def guaranteed_epsilon(scales: SVTScales, c: int, sensitivity: float) -> float:
-    """Delta/b_threshold + 2c Delta/b_query (Lyu et al. Thm. 2) + c Delta/b_release (composition)."""
+    """Delta/b_threshold + 2c Delta/b_query (Lyu et al., Alg. 1 proof) + c Delta/b_release (composition)."""
     return (
         sensitivity / scales.threshold
         + 2 * c * sensitivity / scales.query
@@ -183,8 +184,9 @@ def svt_dssgd(
     sensitivity: float,
     generator: torch.Generator | None = None,
 ) -> SVTResult:
-    """The SVT of DSSGD as Shokri & Shmatikov write it (CCS 2015), kept for fidelity; see the module doc."""
-    return _run_svt(values, threshold, c, epsilon, sensitivity, generator, "paper", PAPER_RELEASE_FRACTION)
+    """The SVT of DSSGD as Shokri & Shmatikov write it (CCS 2015), kept for fidelity (see the module doc)."""
+    release_fraction = PAPER_RELEASE_FRACTION
+    return _run_svt(values, threshold, c, epsilon, sensitivity, generator, "paper", release_fraction)
 
 
 def svt_above_threshold(

@@ -87,7 +87,9 @@ def test_round_trip(value_dtype: str) -> None:
     decoded_indices, decoded_values = codec.decode(codec.encode(indices, values))
     assert decoded_indices.dtype == torch.int64 and decoded_values.dtype == torch.float32
     tol = 1e-3 if value_dtype == "float16" else 0.0
-    torch.testing.assert_close(codec.densify(decoded_indices, decoded_values), codec.densify(indices, values), atol=tol, rtol=tol)
+    torch.testing.assert_close(
+        codec.densify(decoded_indices, decoded_values), codec.densify(indices, values), atol=tol, rtol=tol
+    )
 
 
 def test_encode_sorts_by_index() -> None:
@@ -164,7 +166,9 @@ def test_encode_refuses_values_that_overflow_float16() -> None:
         SparseCodec(numel=10, value_dtype="float16").encode(torch.tensor([1]), torch.tensor([1e6]))
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"numel": 0}, "numel"), ({"numel": 5, "value_dtype": "int8"}, "value_dtype")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"), [({"numel": 0}, "numel"), ({"numel": 5, "value_dtype": "int8"}, "value_dtype")]
+)
 def test_codec_config_is_validated(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SparseCodec(**kwargs)

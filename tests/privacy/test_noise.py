@@ -103,14 +103,21 @@ def test_gaussian_mechanism_refuses_epsilon_at_least_one():
 
 @pytest.mark.parametrize(
     ("sensitivity", "epsilon", "delta", "match"),
-    [(0.0, 0.5, 1e-5, "sensitivity"), (1.0, -0.1, 1e-5, "epsilon"), (1.0, 0.5, 0.0, "delta"), (1.0, 0.5, 1.0, "delta")],
+    [
+        (0.0, 0.5, 1e-5, "sensitivity"),
+        (1.0, -0.1, 1e-5, "epsilon"),
+        (1.0, 0.5, 0.0, "delta"),
+        (1.0, 0.5, 1.0, "delta"),
+    ],
 )
 def test_gaussian_mechanism_validates(sensitivity, epsilon, delta, match):
     with pytest.raises(ValueError, match=match):
         gaussian_mechanism(torch.zeros(3), sensitivity, epsilon, delta)
 
 
-@pytest.mark.parametrize(("sensitivity", "epsilon", "match"), [(0.0, 1.0, "sensitivity"), (1.0, 0.0, "epsilon")])
+@pytest.mark.parametrize(
+    ("sensitivity", "epsilon", "match"), [(0.0, 1.0, "sensitivity"), (1.0, 0.0, "epsilon")]
+)
 def test_laplace_mechanism_validates(sensitivity, epsilon, match):
     with pytest.raises(ValueError, match=match):
         laplace_mechanism(torch.zeros(3), sensitivity, epsilon)

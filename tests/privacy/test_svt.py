@@ -1,4 +1,4 @@
-"""The sparse vector technique: noise scales, stopping rule, selection, and the epsilon each variant guarantees."""
+"""The sparse vector technique: noise scales, stopping, selection, and the epsilon each variant guarantees."""
 
 import math
 
