@@ -1,0 +1,33 @@
+import pytest
+
+from flwr_privacy.config import RunConfig
+
+
+def test_defaults_match_the_apps_run_config():
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    app_config = pyproject["tool"]["flwr"]["app"]["config"]
+    top_level = {k: v for k, v in app_config.items() if not isinstance(v, dict)}
+    assert top_level == RunConfig().to_run_config()
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"strategy": "fedprox"}, r"strategy='fedprox' is unknown; allowed: \['fedavg'"),
+        ({"dataset": "imagenet"}, r"dataset='imagenet' is unknown; allowed"),
+        ({"fraction-fit": 0.0}, r"fraction-fit=0.0 must be in \(0, 1\]"),
+        ({"fraction-fit": 1.5}, r"fraction-fit=1.5 must be in \(0, 1\]"),
+        ({"min-fit-clients": 11}, r"min-fit-clients=11 samples more clients than exist \(num-clients=10\)"),
+        ({"num-rounds": "ten"}, r"num-rounds='ten' must be of type int"),
+        ({"lr": 0.0}, r"lr=0.0 must be > 0"),
+        ({"momentum": 1.0}, r"momentum=1.0 must be in \[0, 1\)"),
+        ({"model": "gpt"}, r"model='gpt' is unknown"),
+        ({"num-round": 3}, r"unknown run-config keys \['num-round'\]"),
+    ],
+)
+def test_bad_values_name_key_value_and_what_is_allowed(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        RunConfig.from_run_config(overrides)
