@@ -24,7 +24,9 @@ class FedAvgClient(NumPyClient):
         local_epochs: int,
         device: torch.device,
         seed: int = 0,
+        dtype: str = "float32",
     ) -> None:
+        self.dtype = dtype
         self.model = model
         self.train_data = train_data
         self.settings = settings
@@ -36,10 +38,11 @@ class FedAvgClient(NumPyClient):
         return model_to_arrays(self.model)
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
-        arrays_to_model(self.model, parameters)
+        arrays_to_model(self.model, [np.asarray(p, dtype=np.float32) for p in parameters])
         generator = torch.Generator().manual_seed(self.seed * 100_003 + int(config.get("server_round", 0)))
         loss = train_epochs(self.model, self.train_data, self.local_epochs, self.settings, self.device, generator)
-        return model_to_arrays(self.model), len(self.train_data), {"train_loss": loss}
+        arrays = [a.astype(self.dtype, copy=False) for a in model_to_arrays(self.model)]
+        return arrays, len(self.train_data), {"train_loss": loss}
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
         arrays_to_model(self.model, parameters)

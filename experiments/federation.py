@@ -6,21 +6,57 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.common import Context
 
+from clients.dgc import DGCClient
+from clients.dssgd import DSSGDClient
 from clients.fedavg import FedAvgClient, client_seed
+from flwr_privacy.algorithms.dgc import DGCConfig
+from flwr_privacy.algorithms.dssgd import DSSGDConfig
 from flwr_privacy.config import RunConfig, section
 from flwr_privacy.data import TensorData, load_dataset
 from flwr_privacy.models import build_model
 from flwr_privacy.partition import partition
 from flwr_privacy.training import evaluate, pick_device
-from flwr_privacy.wire import arrays_to_model, model_to_arrays
-from strategies import FedAvg
+from flwr_privacy.wire import arrays_to_model, model_to_arrays, trainable_mask
+from strategies import DGC, DSSGD, FedAvg
 from strategies.base import RoundCallback
 
-# Dotted run-config sections and the config class that validates each; filled as algorithms land.
-ALGORITHM_SECTIONS: dict[str, type] = {}
+
+def dgc_config(run_config: dict[str, Any], cfg: RunConfig) -> DGCConfig:
+    """DGCConfig from the ``dgc.*`` keys: the schedule is a comma-separated string, clip-norm 0 is off,
+    and num-workers 0 means the clients sampled per round (the N of the N^(-1/2) clipping scale)."""
+    values = section(run_config, "dgc")
+    schedule = values.get("warmup_sparsities")
+    if isinstance(schedule, str):
+        try:
+            values["warmup_sparsities"] = tuple(float(v) for v in schedule.split(",") if v.strip())
+        except ValueError:
+            raise ValueError(f"dgc.warmup-sparsities={schedule!r} must be comma-separated numbers") from None
+    if values.get("clip_norm") == 0:
+        values["clip_norm"] = None
+    if values.get("num_workers", 0) == 0:
+        values["num_workers"] = cfg.clients_per_round
+    return DGCConfig(**values)
+
+
+def dssgd_config(run_config: dict[str, Any], cfg: RunConfig) -> DSSGDConfig:
+    return DSSGDConfig(**section(run_config, "dssgd"))
+
+
+ALGORITHM_SECTIONS = {"dgc": dgc_config, "dssgd": dssgd_config}
+
+
+def validate_run_config(run_config: dict[str, Any]) -> RunConfig:
+    """Check every key of a run config, the algorithms' sections included, before anything trains."""
+    cfg = RunConfig.from_run_config(run_config)
+    sections = {k.split(".", 1)[0] for k in run_config if "." in k}
+    unknown = sections - set(ALGORITHM_SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown run-config sections {sorted(unknown)}; allowed: {sorted(ALGORITHM_SECTIONS)}")
+    for build in ALGORITHM_SECTIONS.values():
+        build(run_config, cfg)
+    return cfg
 
 
 @lru_cache(maxsize=4)
@@ -55,18 +91,6 @@ def make_evaluate_fn(cfg: RunConfig, test: TensorData):
     return evaluate_fn
 
 
-def validate_run_config(run_config: dict[str, Any]) -> RunConfig:
-    """Check every key of a run config, the algorithm's section included, before anything trains."""
-    cfg = RunConfig.from_run_config(run_config)
-    sections = {k.split(".", 1)[0] for k in run_config if "." in k}
-    unknown = sections - set(ALGORITHM_SECTIONS)
-    if unknown:
-        raise ValueError(f"unknown run-config sections {sorted(unknown)}; allowed: {sorted(ALGORITHM_SECTIONS)}")
-    for name, config_cls in ALGORITHM_SECTIONS.items():
-        config_cls(**section(run_config, name))
-    return cfg
-
-
 def make_strategy(cfg: RunConfig, run_config: dict[str, Any], on_round: RoundCallback | None = None):
     """The Flower Strategy a run config names, initialised with the seeded global model."""
     _, test = load_dataset(cfg.dataset, cfg.data_dir)
@@ -79,8 +103,19 @@ def make_strategy(cfg: RunConfig, run_config: dict[str, Any], on_round: RoundCal
         on_round=on_round,
     )
     if cfg.strategy == "fedavg":
-        return FedAvg(**common)
-    raise ValueError(f"strategy={cfg.strategy!r} is not available yet")
+        return FedAvg(**common, dtype=cfg.wire_dtype)
+    if cfg.strategy == "dgc":
+        return DGC(
+            **common,
+            trainable=trainable_mask(model),
+            config=dgc_config(run_config, cfg),
+            lr=cfg.lr,
+            value_dtype=cfg.wire_dtype,
+            downlink=cfg.downlink,
+        )
+    return DSSGD(
+        **common, trainable=trainable_mask(model), config=dssgd_config(run_config, cfg), value_dtype=cfg.wire_dtype
+    )
 
 
 def make_client(cfg: RunConfig, run_config: dict[str, Any], context: Context):
@@ -96,5 +131,28 @@ def make_client(cfg: RunConfig, run_config: dict[str, Any], context: Context):
     device = pick_device(cfg.device)
     seed = client_seed(cfg.seed, partition_id)
     if cfg.strategy == "fedavg":
-        return FedAvgClient(model, data, cfg.sgd, cfg.local_epochs, device, seed)
-    raise ValueError(f"strategy={cfg.strategy!r} is not available yet")
+        return FedAvgClient(model, data, cfg.sgd, cfg.local_epochs, device, seed, cfg.wire_dtype)
+    if cfg.strategy == "dgc":
+        return DGCClient(
+            model,
+            data,
+            dgc_config(run_config, cfg),
+            cfg.local_steps,
+            cfg.batch_size,
+            device,
+            context.state,
+            seed,
+            cfg.wire_dtype,
+        )
+    return DSSGDClient(
+        model,
+        data,
+        dssgd_config(run_config, cfg),
+        cfg.sgd,
+        cfg.local_epochs,
+        device,
+        context.state,
+        seed,
+        partition_id,
+        cfg.wire_dtype,
+    )

@@ -17,6 +17,8 @@ from flwr_privacy.training import SGDSettings
 
 STRATEGIES = ("fedavg", "dgc", "dssgd")
 DEVICES = ("auto", "cpu", "cuda")
+DOWNLINKS = ("dense", "sparse")
+WIRE_DTYPES = ("float32", "float16")
 
 
 def _key(name: str) -> str:
@@ -39,11 +41,14 @@ class RunConfig:
     min_fit_clients: int = 1
     num_rounds: int = 10
     local_epochs: int = 1
+    local_steps: int = 1
     batch_size: int = 10
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0
     augment: bool = False
+    downlink: str = "dense"
+    wire_dtype: str = "float32"
     seed: int = 0
     device: str = "auto"
     output_dir: str = "outputs/latest"
@@ -59,9 +64,11 @@ class RunConfig:
         self._choice("model", tuple(MODELS))
         self._choice("partition", PARTITIONS)
         self._choice("device", DEVICES)
+        self._choice("downlink", DOWNLINKS)
+        self._choice("wire_dtype", WIRE_DTYPES)
         if not 0 < self.fraction_fit <= 1:
             raise ValueError(f"fraction-fit={self.fraction_fit} must be in (0, 1]")
-        for name in ("num_clients", "min_fit_clients", "num_rounds", "local_epochs", "shards_per_client"):
+        for name in ("num_clients", "min_fit_clients", "num_rounds", "local_epochs", "local_steps", "shards_per_client"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{_key(name)}={getattr(self, name)} must be >= 1")
         if not self.alpha > 0:

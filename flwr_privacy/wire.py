@@ -53,3 +53,24 @@ def unflatten(flat: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[np.ndar
         raise ValueError(f"flat vector has {flat.numel()} entries, shapes need {sum(sizes)}")
     parts = torch.split(flat.detach().cpu().float(), sizes)
     return [p.reshape(s).numpy().copy() for p, s in zip(parts, shapes)]
+
+
+def split_trainable(arrays: list[np.ndarray], mask: list[bool]) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """Wire arrays -> (flat vector of the trainable entries, buffers in wire order).
+
+    Sparse algorithms select over the flat trainable vector; buffers (batch-norm statistics) have no
+    gradient and travel dense beside it.
+    """
+    if len(arrays) != len(mask):
+        raise ValueError(f"expected {len(mask)} arrays, got {len(arrays)}")
+    flat = flatten([a for a, m in zip(arrays, mask) if m])
+    return flat, [np.asarray(a, dtype=np.float32) for a, m in zip(arrays, mask) if not m]
+
+
+def join_trainable(
+    flat: torch.Tensor, buffers: list[np.ndarray], shapes: list[tuple[int, ...]], mask: list[bool]
+) -> list[np.ndarray]:
+    """Inverse of split_trainable: wire arrays from the flat trainable vector and the buffers."""
+    trainable = iter(unflatten(flat, [s for s, m in zip(shapes, mask) if m]))
+    rest = iter(buffers)
+    return [next(trainable) if m else np.asarray(next(rest), dtype=np.float32) for m in mask]

@@ -14,9 +14,20 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.common import FitIns, FitRes, Parameters, Scalar, log, parameters_to_ndarrays
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    log,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
 
 EvaluateFn = Callable[[int, list[np.ndarray], dict[str, Scalar]], tuple[float, dict[str, Scalar]] | None]
 RoundCallback = Callable[[dict[str, Any]], None]
@@ -47,7 +58,7 @@ class Accepted:
     """A client reply that passed validation."""
 
     client: ClientProxy
-    arrays: list[np.ndarray]
+    payload: Any  # what ``decode`` returned
     num_examples: int
     metrics: dict[str, Scalar]
 
@@ -71,9 +82,9 @@ class RoundRecorder:
             "bytes_up": 0,
         }
 
-    def sent(self, nbytes_each: int, num_clients: int) -> None:
+    def sent(self, nbytes_each: int, num_clients: int = 1) -> None:
         self._current["bytes_down"] += nbytes_each * num_clients
-        self._current["clients"] = num_clients
+        self._current["clients"] += num_clients
 
     def received(self, nbytes: int) -> None:
         self._current["bytes_up"] += nbytes
@@ -122,7 +133,7 @@ class RoundRecorder:
 def validate_replies(
     results: list[tuple[ClientProxy, FitRes]],
     failures: list[tuple[ClientProxy, FitRes] | BaseException],
-    decode: Callable[[list[np.ndarray]], list[np.ndarray]],
+    decode: Callable[[list[np.ndarray]], Any],
     recorder: RoundRecorder,
 ) -> list[Accepted]:
     """Decode and check every reply with ``decode``; a bad one becomes a logged failure, not an update."""
@@ -134,11 +145,11 @@ def validate_replies(
         try:
             if not isinstance(res.num_examples, int) or res.num_examples <= 0:
                 raise ValueError(f"num_examples={res.num_examples!r} must be a positive integer")
-            arrays = decode(parameters_to_ndarrays(res.parameters))
+            payload = decode(parameters_to_ndarrays(res.parameters))
         except Exception as err:  # any malformed reply is that client's failure, never the round's
             recorder.failed(f"client {client.cid}: {err}")
             continue
-        accepted.append(Accepted(client, arrays, res.num_examples, dict(res.metrics or {})))
+        accepted.append(Accepted(client, payload, res.num_examples, dict(res.metrics or {})))
     return accepted
 
 
@@ -154,3 +165,69 @@ def fit_instructions(
     clients: list[ClientProxy], parameters: Parameters, config: dict[str, Scalar]
 ) -> list[tuple[ClientProxy, FitIns]]:
     return [(c, FitIns(parameters, dict(config))) for c in clients]
+
+
+class RecordingStrategy(Strategy):
+    """Common ground of this package's strategies: sampling, server-side evaluation, round records.
+
+    Subclasses implement ``configure_fit`` and ``aggregate_fit`` (the algorithm); evaluation on the
+    server's test set (``evaluate_fn``, Flower's signature) closes each round's record. Federated
+    (client-side) evaluation is not used: every round is scored on the server's held-out set.
+    """
+
+    def __init__(
+        self,
+        *,
+        initial_arrays: list[np.ndarray],
+        evaluate_fn: EvaluateFn | None,
+        fraction_fit: float,
+        min_fit_clients: int,
+        on_round: RoundCallback | None,
+    ) -> None:
+        super().__init__()
+        if not 0 < fraction_fit <= 1:
+            raise ValueError(f"fraction_fit={fraction_fit} must be in (0, 1]")
+        if min_fit_clients < 1:
+            raise ValueError(f"min_fit_clients={min_fit_clients} must be >= 1")
+        self.initial_arrays = [np.asarray(a, dtype=np.float32) for a in initial_arrays]
+        self.evaluate_fn = evaluate_fn
+        self.fraction_fit = fraction_fit
+        self.min_fit_clients = min_fit_clients
+        self.recorder = RoundRecorder(on_round)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One record per finished round (round 0 is the initial model)."""
+        return self.recorder.history
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(fraction_fit={self.fraction_fit}, min_fit_clients={self.min_fit_clients})"
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return ndarrays_to_parameters(self.initial_arrays)
+
+    def sample(self, server_round: int, client_manager: ClientManager) -> list[ClientProxy]:
+        """Open the round's record and sample its clients."""
+        self.recorder.start(server_round)
+        return sample_clients(client_manager, self.fraction_fit, self.min_fit_clients)
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        result = None
+        if self.evaluate_fn is not None:
+            result = self.evaluate_fn(server_round, parameters_to_ndarrays(parameters), {})
+        loss, metrics = result if result is not None else (None, {})
+        self.recorder.finish(server_round, loss, metrics)
+        return result
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        return []
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        return None, {}
