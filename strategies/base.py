@@ -41,8 +41,12 @@ def parameters_nbytes(parameters: Parameters) -> int:
 def sample_clients(
     client_manager: ClientManager, fraction: float, min_clients: int, timeout: int = 60
 ) -> list[ClientProxy]:
-    """Sample max(fraction * available, min_clients) clients; fail clearly if fewer exist."""
-    client_manager.wait_for(min_clients, timeout=timeout)
+    """Sample max(fraction * available, min_clients) clients; fail clearly if fewer exist.
+
+    SuperNodes of a deployment may connect late: wait up to ``timeout`` seconds for ``min_clients``.
+    """
+    if client_manager.num_available() < min_clients:
+        client_manager.wait_for(min_clients, timeout=timeout)
     available = client_manager.num_available()
     wanted = max(int(fraction * available), min_clients)
     if wanted > available:
@@ -194,6 +198,7 @@ class RecordingStrategy(Strategy):
         self.fraction_fit = fraction_fit
         self.min_fit_clients = min_fit_clients
         self.recorder = RoundRecorder(on_round)
+        self.sample_timeout = 60
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -209,7 +214,7 @@ class RecordingStrategy(Strategy):
     def sample(self, server_round: int, client_manager: ClientManager) -> list[ClientProxy]:
         """Open the round's record and sample its clients."""
         self.recorder.start(server_round)
-        return sample_clients(client_manager, self.fraction_fit, self.min_fit_clients)
+        return sample_clients(client_manager, self.fraction_fit, self.min_fit_clients, self.sample_timeout)
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
         result = None

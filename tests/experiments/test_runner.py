@@ -1,0 +1,74 @@
+"""The runner as a user calls it: bad configs stop before training; a real `flwr run` simulation trains."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*overrides, tmp_path):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.run", f"hydra.run.dir={tmp_path}", *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["fraction_fit=1.5"], "fraction-fit=1.5 must be in (0, 1]"),
+        (["min_fit_clients=11"], "min-fit-clients=11 samples more clients than exist (num-clients=10)"),
+        (["dataset=mnist", "data_dir=/nonexistent/mnist"], "data-dir='/nonexistent/mnist' is not a folder"),
+        (["strategy=dgc", "dgc.final_sparsity=1.0"], "final_sparsity=1.0"),
+        (["+dssgd.theta_u=0"], "theta_u=0"),
+        (["model=gpt"], "Could not find 'model/gpt'"),
+    ],
+)
+def test_bad_config_stops_before_training_and_names_the_key(overrides, message, tmp_path):
+    result = run(*overrides, tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert not (tmp_path / "rounds.json").exists()
+
+
+@pytest.mark.slow
+def test_flwr_run_simulation_trains_fedavg_on_real_mnist(tmp_path):
+    result = run("model=mlp", "num_clients=4", "fraction_fit=1.0", "num_rounds=3", "batch_size=20", "lr=0.1", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = json.loads((tmp_path / "rounds.json").read_text())
+    accuracy = [r["test_accuracy"] for r in rows]
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert accuracy[0] < 0.2 and accuracy[-1] > 0.85
+    assert all(r["clients"] == 4 and r["failures"] == 0 for r in rows[1:])
+    assert (tmp_path / "rounds.csv").read_text().startswith("round,")
+    assert (tmp_path / "accuracy.png").stat().st_size > 10_000
+    assert "final test accuracy" in result.stdout
+
+
+@pytest.mark.slow
+def test_flwr_run_simulation_trains_dgc_at_999_sparsity(tmp_path):
+    result = run(
+        "strategy=dgc",
+        "model=mlp",
+        "num_clients=4",
+        "fraction_fit=1.0",
+        "num_rounds=12",
+        "batch_size=32",
+        "local_steps=4",
+        "lr=0.1",
+        "dgc.warmup_sparsities='0.75,0.9375,0.984375,0.996'",
+        tmp_path=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = json.loads((tmp_path / "rounds.json").read_text())
+    assert rows[-1]["sparsity"] == 0.999
+    assert rows[-1]["test_accuracy"] > 0.6 > rows[0]["test_accuracy"]
+    dense_upload = 4 * 199_210
+    assert rows[-1]["bytes_up_per_client"] < dense_upload / 250

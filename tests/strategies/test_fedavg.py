@@ -1,0 +1,112 @@
+"""FedAvg through Flower's own server loop (in process): training, byte counts and bad replies."""
+
+import numpy as np
+import pytest
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.client_manager import SimpleClientManager
+
+from experiments.client_app import client_fn
+from experiments.federation import make_strategy, validate_run_config
+from experiments.inprocess import make_federation, run_inprocess
+from strategies.base import parameters_nbytes
+
+
+def run_config(tmp_path, **overrides):
+    config = {
+        "strategy": "fedavg",
+        "model": "mlp",
+        "num-clients": 4,
+        "fraction-fit": 1.0,
+        "num-rounds": 3,
+        "batch-size": 20,
+        "lr": 0.1,
+        "output-dir": str(tmp_path),
+    }
+    config.update(overrides)
+    return config
+
+
+def build(tmp_path, **overrides):
+    rc = run_config(tmp_path, **overrides)
+    cfg = validate_run_config(rc)
+    return make_strategy(cfg, rc), make_federation(client_fn, rc, cfg.num_clients)
+
+
+def test_accuracy_rises_and_bytes_match_the_serialized_arrays(tmp_path):
+    strategy, manager = build(tmp_path)
+    run_inprocess(strategy, manager, 3)
+    acc = [r["test_accuracy"] for r in strategy.history]
+    assert [r["round"] for r in strategy.history] == [0, 1, 2, 3]
+    assert acc[0] < 0.2 and acc[-1] > 0.85 and acc[-1] > acc[1] - 0.02
+    model_bytes = parameters_nbytes(ndarrays_to_parameters(strategy.initial_arrays))
+    array_bytes = sum(a.nbytes for a in strategy.initial_arrays)
+    assert array_bytes == 4 * 199_210
+    for record in strategy.history[1:]:
+        assert record["clients"] == 4 and record["failures"] == 0
+        assert record["bytes_down"] == 4 * model_bytes
+        assert record["bytes_up"] == 4 * model_bytes  # clients return float32 models of the same shapes
+        assert array_bytes < record["bytes_up_per_client"] < array_bytes + 1024
+
+
+def test_float16_wire_halves_the_bytes(tmp_path):
+    strategy, manager = build(tmp_path, **{"wire-dtype": "float16", "num-rounds": 1})
+    run_inprocess(strategy, manager, 1)
+    record = strategy.history[1]
+    assert record["failures"] == 0
+    assert record["bytes_up_per_client"] == pytest.approx(2 * 199_210, rel=0.01)
+    assert record["test_accuracy"] > 0.7
+
+
+def good_arrays(strategy):
+    return [a + 0.01 for a in strategy.initial_arrays]
+
+
+def corrupt(strategy, kind):
+    arrays = good_arrays(strategy)
+    if kind == "count":
+        return arrays[:-1]
+    if kind == "shape":
+        arrays[0] = arrays[0][:, :10]
+    elif kind == "dtype":
+        arrays[1] = arrays[1].astype(np.float64)
+    elif kind == "nan":
+        arrays[2][0, 0] = np.nan
+    elif kind == "inf":
+        arrays[3][0] = np.inf
+    return arrays
+
+
+@pytest.mark.parametrize("kind", ["count", "shape", "dtype", "nan", "inf", "zero-examples"])
+def test_bad_reply_is_that_clients_failure_and_the_rest_aggregates(tmp_path, kind, caplog):
+    strategy, manager = build(tmp_path)
+    proxies = sorted(manager.all().values(), key=lambda p: p.cid)
+    strategy.configure_fit(1, strategy.initialize_parameters(manager), manager)
+    ok = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(good_arrays(strategy)), 100, {})
+    bad_arrays = good_arrays(strategy) if kind == "zero-examples" else corrupt(strategy, kind)
+    bad = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(bad_arrays), 0 if kind == "zero-examples" else 100, {})
+    params, _ = strategy.aggregate_fit(1, [(proxies[0], ok), (proxies[1], bad)], [RuntimeError("lost")])
+    result = parameters_to_ndarrays(params)
+    assert all(np.allclose(r, g) for r, g in zip(result, good_arrays(strategy)))
+    strategy.evaluate(1, params)
+    assert strategy.history[-1]["failures"] == 2 and strategy.history[-1]["accepted"] == 1
+    assert "rejected" in caplog.text
+
+
+def test_all_bad_replies_leave_the_global_model_unchanged(tmp_path):
+    strategy, manager = build(tmp_path)
+    proxy = next(iter(manager.all().values()))
+    strategy.configure_fit(1, strategy.initialize_parameters(manager), manager)
+    bad = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(corrupt(strategy, "nan")), 100, {})
+    params, _ = strategy.aggregate_fit(1, [(proxy, bad)], [])
+    assert params is None  # Flower keeps the current global model
+
+
+def test_more_clients_sampled_than_connected_is_a_clear_error(tmp_path):
+    rc = run_config(tmp_path, **{"min-fit-clients": 4})
+    strategy = make_strategy(validate_run_config(rc), rc)
+    strategy.sample_timeout = 1
+    manager = SimpleClientManager()
+    for proxy in list(make_federation(client_fn, rc, 4).all().values())[:2]:
+        manager.register(proxy)
+    with pytest.raises(ValueError, match="min-fit-clients=4 samples more clients than exist"):
+        strategy.configure_fit(1, strategy.initialize_parameters(manager), manager)
