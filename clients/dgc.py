@@ -56,6 +56,7 @@ class DGCClient(NumPyClient):
         self.segments = [p.numel() for p in model.parameters()]
         buffer_shapes = tuple(s for s, m in zip(self.shapes, self.trainable) if not m)
         self.sparse_codec = SparseUpdateCodec(sum(self.segments), buffer_shapes, value_dtype)
+        self.downlink_codec = SparseUpdateCodec(sum(self.segments), buffer_shapes)  # float32: see strategies.dgc
         self.dense_codec = DenseCodec(((sum(self.segments),), *buffer_shapes), value_dtype)
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
@@ -70,7 +71,7 @@ class DGCClient(NumPyClient):
             if held is None or int(held[0][0]) != int(config["base_version"]):
                 raise ValueError(f"sparse downlink based on version {config['base_version']}, client holds another")
             weights, _ = split_trainable(held[1:], self.trainable)
-            indices, values, buffers = self.sparse_codec.decode(parameters)
+            indices, values, buffers = self.downlink_codec.decode(parameters)
             weights[indices] = values
             arrays_to_model(self.model, join_trainable(weights, buffers, self.shapes, self.trainable))
         version = np.array([int(config.get("version", 0))], dtype=np.int64)

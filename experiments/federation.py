@@ -26,7 +26,7 @@ from strategies.base import RoundCallback
 def dgc_config(run_config: dict[str, Any], cfg: RunConfig) -> DGCConfig:
     """DGCConfig from the ``dgc.*`` keys: the schedule is a comma-separated string, clip-norm 0 is off,
     and num-workers 0 means the clients sampled per round (the N of the N^(-1/2) clipping scale)."""
-    values = section(run_config, "dgc")
+    values = section(run_config, "dgc", DGCConfig)
     schedule = values.get("warmup_sparsities")
     if isinstance(schedule, str):
         try:
@@ -41,7 +41,7 @@ def dgc_config(run_config: dict[str, Any], cfg: RunConfig) -> DGCConfig:
 
 
 def dssgd_config(run_config: dict[str, Any], cfg: RunConfig) -> DSSGDConfig:
-    return DSSGDConfig(**section(run_config, "dssgd"))
+    return DSSGDConfig(**section(run_config, "dssgd", DSSGDConfig))
 
 
 ALGORITHM_SECTIONS = {"dgc": dgc_config, "dssgd": dssgd_config}

@@ -22,7 +22,7 @@ from experiments.federation import validate_run_config
 from experiments.flower_run import flwr_run
 from flwr_privacy.data import check_data
 
-RUNNER_ONLY = ("simulation", "experiment")
+RUNNER_ONLY = ("simulation", "experiment", "baseline")
 
 
 def to_run_config(cfg: DictConfig) -> dict[str, Any]:

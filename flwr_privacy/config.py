@@ -112,7 +112,14 @@ class RunConfig:
         return {_key(f.name): getattr(self, f.name) for f in fields(self)}
 
 
-def section(run_config: dict[str, Any], name: str) -> dict[str, Any]:
-    """The keys under ``name.`` with the prefix removed and kebab-case turned into field names."""
+def section(run_config: dict[str, Any], name: str, config_class: type) -> dict[str, Any]:
+    """The keys under ``name.`` with the prefix removed and kebab-case turned into the field names of
+    ``config_class`` (a dataclass); a key that names no field is a config error."""
     prefix = f"{name}."
-    return {k[len(prefix) :].replace("-", "_"): v for k, v in run_config.items() if k.startswith(prefix)}
+    given = {k[len(prefix) :].replace("-", "_"): k for k in run_config if k.startswith(prefix)}
+    known = {f.name for f in fields(config_class)}
+    unknown = sorted(key for field, key in given.items() if field not in known)
+    if unknown:
+        allowed = sorted(f"{name}.{k.replace('_', '-')}" for k in known)
+        raise ValueError(f"unknown run-config keys {unknown}; allowed: {allowed}")
+    return {field: run_config[key] for field, key in given.items()}

@@ -65,6 +65,9 @@ class DGC(RecordingStrategy):
         self.velocity = torch.zeros_like(self.weights)
         buffer_shapes = tuple(s for s, m in zip(self.shapes, self.trainable) if not m)
         self.sparse_codec = SparseUpdateCodec(self.weights.numel(), buffer_shapes, value_dtype)
+        # The downlink overwrites the clients' copies with these values: float32 whatever the uplink's
+        # dtype, or a float16 wire would leave every client a slightly different model than the server's.
+        self.downlink_codec = SparseUpdateCodec(self.weights.numel(), buffer_shapes)
         self.dense_codec = DenseCodec(((self.weights.numel(),), *buffer_shapes), value_dtype)
         # Sparse downlink: which weights each round changed, and the version each client holds.
         self.changed: dict[int, torch.Tensor] = {}
@@ -99,8 +102,8 @@ class DGC(RecordingStrategy):
             held = self.versions.get(str(client.cid))
             if self.downlink == "sparse" and held is not None:
                 indices, values = self.delta_since(held)
-                if len(indices) * self.sparse_codec.sparse.bytes_per_entry < 4 * self.weights.numel():
-                    payload = ndarrays_to_parameters(self.sparse_codec.encode(indices, values, self.buffers))
+                if len(indices) * self.downlink_codec.sparse.bytes_per_entry < 4 * self.weights.numel():
+                    payload = ndarrays_to_parameters(self.downlink_codec.encode(indices, values, self.buffers))
                     config.update(downlink="sparse", base_version=held)
             config.setdefault("downlink", "dense")
             self.recorder.sent(parameters_nbytes(payload))
