@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,13 @@ COLUMNS = (
 class ResultsWriter:
     """Rewrites the run's result files after every round, so a stopped run keeps what it reached."""
 
-    def __init__(self, output_dir: str | Path, config: dict[str, Any], plot: bool = True) -> None:
+    def __init__(self, output_dir: str | Path, config: dict[str, Any], plot: bool = True, plot_every_s: float = 10.0) -> None:
         self.dir = Path(output_dir).expanduser().resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
         self.plot = plot
+        self.plot_every_s = plot_every_s  # a plot costs ~0.3 s: long runs of short rounds replot at most this often
+        self.last_plot = -float("inf")
         (self.dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
 
     def __call__(self, record: dict[str, Any]) -> None:
@@ -45,8 +48,13 @@ class ResultsWriter:
             writer.writeheader()
             writer.writerows(self.rows)
         (self.dir / "rounds.json").write_text(json.dumps(self.rows, indent=1))
-        if self.plot:
-            plot_rounds(self.rows, self.dir / "accuracy.png", title=self.dir.name)
+        if self.plot and time.monotonic() - self.last_plot >= self.plot_every_s:
+            self.finish()
+
+    def finish(self) -> None:
+        """Plot every row written so far."""
+        plot_rounds(self.rows, self.dir / "accuracy.png", title=self.dir.name)
+        self.last_plot = time.monotonic()
 
 
 def plot_rounds(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:

@@ -18,8 +18,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.federation import validate_run_config
+from experiments.client_app import client_fn
+from experiments.federation import make_strategy, validate_run_config
 from experiments.flower_run import flwr_run
+from experiments.inprocess import make_federation, run_inprocess
+from experiments.results import ResultsWriter, plot_rounds
 from flwr_privacy.data import check_data
 
 RUNNER_ONLY = ("simulation", "experiment", "baseline")
@@ -59,12 +62,22 @@ def main(cfg: DictConfig) -> None:
     run_config["output-dir"] = HydraConfig.get().runtime.output_dir
     config = validate_run_config(run_config)
     check_data(config.dataset, config.data_dir)
-    rows = flwr_run(
-        run_config,
-        num_supernodes=config.num_clients,
-        cpus_per_client=cfg.simulation.cpus_per_client,
-        gpus_per_client=cfg.simulation.gpus_per_client,
-    )
+    backend = cfg.simulation.backend
+    if backend == "flwr":
+        rows = flwr_run(
+            run_config,
+            num_supernodes=config.num_clients,
+            cpus_per_client=cfg.simulation.cpus_per_client,
+            gpus_per_client=cfg.simulation.gpus_per_client,
+        )
+    elif backend == "inprocess":
+        writer = ResultsWriter(config.output_dir, run_config)
+        strategy = make_strategy(config, run_config, on_round=writer)
+        run_inprocess(strategy, make_federation(client_fn, run_config, config.num_clients), config.num_rounds)
+        rows = writer.rows
+    else:
+        raise ValueError(f"simulation.backend={backend!r} is unknown; allowed: ['flwr', 'inprocess']")
+    plot_rounds(rows, Path(config.output_dir) / "accuracy.png", title=Path(config.output_dir).name)
     print(summarise(rows))
     print(f"results: {run_config['output-dir']}")
 
