@@ -43,7 +43,7 @@ class DGCConfig:
     num_workers: int = 1
     final_sparsity: float = 0.999
     warmup_sparsities: tuple[float, ...] = PAPER_WARMUP_SPARSITIES
-    warmup_epochs_per_stage: int = 1
+    warmup_rounds_per_stage: int = 1
     selection: str = "sampled"
     sample_ratio: float = 0.01
     dense_below: int = 0
@@ -66,8 +66,8 @@ class DGCConfig:
             raise _invalid("num_workers", self.num_workers, "must be an integer >= 1")
         if not 0 <= self.final_sparsity < 1:
             raise _invalid("final_sparsity", self.final_sparsity, "must be in [0, 1)")
-        if not (isinstance(self.warmup_epochs_per_stage, int) and self.warmup_epochs_per_stage >= 1):
-            raise _invalid("warmup_epochs_per_stage", self.warmup_epochs_per_stage, "must be an integer >= 1")
+        if not (isinstance(self.warmup_rounds_per_stage, int) and self.warmup_rounds_per_stage >= 1):
+            raise _invalid("warmup_rounds_per_stage", self.warmup_rounds_per_stage, "must be an integer >= 1")
         if self.selection not in SELECTIONS:
             raise _invalid("selection", self.selection, f"allowed: {SELECTIONS}")
         if not 0 < self.sample_ratio <= 1:
@@ -108,11 +108,12 @@ class DGCConfig:
         """Momentum the server applies: 0 with momentum correction (Eq. 7), ``momentum`` without it (Eq. 5)."""
         return 0.0 if self.momentum_correction else self.momentum
 
-    def sparsity_at(self, epoch: int) -> float:
-        """Warm-up sparsity (sec. 3.3): each schedule entry for warmup_epochs_per_stage epochs, then final."""
-        if epoch < 0:
-            raise ValueError(f"epoch={epoch} is invalid: must be >= 0")
-        stage = epoch // self.warmup_epochs_per_stage
+    def sparsity_at(self, round_index: int) -> float:
+        """Warm-up sparsity (sec. 3.3) of the 0-based round: each schedule entry for warmup_rounds_per_stage
+        rounds (the paper's stage is an epoch: set it to the rounds one pass over the data takes), then final."""
+        if round_index < 0:
+            raise ValueError(f"round_index={round_index} is invalid: must be >= 0")
+        stage = round_index // self.warmup_rounds_per_stage
         if stage < len(self.warmup_sparsities):
             return self.warmup_sparsities[stage]
         return self.final_sparsity

@@ -174,7 +174,7 @@ def test_warmup_follows_the_papers_schedule_then_final() -> None:
 
 
 def test_warmup_stages_last_several_epochs_then_final_sparsity() -> None:
-    config = DGCConfig(warmup_sparsities=[0.5, 0.9], warmup_epochs_per_stage=2, final_sparsity=0.99)
+    config = DGCConfig(warmup_sparsities=[0.5, 0.9], warmup_rounds_per_stage=2, final_sparsity=0.99)
     assert [config.sparsity_at(e) for e in range(6)] == [0.5, 0.5, 0.9, 0.9, 0.99, 0.99]
     assert config.warmup_sparsities == (0.5, 0.9)
 
@@ -196,7 +196,7 @@ def test_no_warmup_means_final_sparsity_from_the_start() -> None:
         ({"warmup_sparsities": (0.5, 1.0)}, r"every entry must be in \[0, 1\)"),
         ({"warmup_sparsities": (0.9, 0.5)}, "non-decreasing"),
         ({"warmup_sparsities": (0.5, 0.9), "final_sparsity": 0.8}, "at or below final_sparsity"),
-        ({"warmup_epochs_per_stage": 0}, "warmup_epochs_per_stage"),
+        ({"warmup_rounds_per_stage": 0}, "warmup_rounds_per_stage"),
         ({"selection": "random"}, "selection"),
         ({"sample_ratio": 0.0}, "sample_ratio"),
         ({"dense_below": -1}, "dense_below"),
@@ -210,8 +210,8 @@ def test_bad_config_raises_naming_key_and_value(kwargs: dict, match: str) -> Non
         DGCConfig(**kwargs)
 
 
-def test_sparsity_at_negative_epoch_is_rejected() -> None:
-    with pytest.raises(ValueError, match="epoch"):
+def test_sparsity_at_negative_round_is_rejected() -> None:
+    with pytest.raises(ValueError, match="round_index"):
         DGCConfig().sparsity_at(-1)
 
 
