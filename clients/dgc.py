@@ -19,7 +19,7 @@ from flwr_privacy.algorithms.dgc import DGCConfig, DGCMemory
 from flwr_privacy.compression.dense import DenseCodec
 from flwr_privacy.compression.model_update import SparseUpdateCodec
 from flwr_privacy.data import TensorData
-from flwr_privacy.training import batches, flat_gradient
+from flwr_privacy.training import augment_batch, batches, flat_gradient
 from flwr_privacy.wire import arrays_to_model, join_trainable, model_to_arrays, split_trainable, trainable_mask
 
 MEMORY_KEY = "dgc.memory"
@@ -40,6 +40,7 @@ class DGCClient(NumPyClient):
         state: RecordDict,
         seed: int = 0,
         value_dtype: str = "float32",
+        augment: bool = False,
     ) -> None:
         if local_steps < 1:
             raise ValueError(f"local-steps={local_steps} must be >= 1")
@@ -51,6 +52,7 @@ class DGCClient(NumPyClient):
         self.device = device
         self.state = state
         self.seed = seed
+        self.augment = augment
         self.shapes = [a.shape for a in model_to_arrays(model)]
         self.trainable = trainable_mask(model)
         self.segments = [p.numel() for p in model.parameters()]
@@ -91,6 +93,8 @@ class DGCClient(NumPyClient):
         steps = self.mini_batches(generator)
         for _ in range(self.local_steps):
             x, y = next(steps)
+            if self.augment:
+                x = augment_batch(x, generator)
             grad, loss = flat_gradient(self.model, x, y)
             memory.accumulate(grad, weights)
             losses.append(loss)

@@ -143,6 +143,7 @@ def make_client(cfg: RunConfig, run_config: dict[str, Any], context: Context):
             context.state,
             seed,
             cfg.wire_dtype,
+            cfg.augment,
         )
     return DSSGDClient(
         model,
