@@ -1,0 +1,116 @@
+"""FedAvg's orchestration overhead: one round of 10 clients against centralized training on the same samples.
+
+Both sides run in this process on the same data, model and optimiser settings:
+
+- federated: one round of Flower's own server loop (``flwr.server.Server.fit_round``) over 10 in-process
+  clients built by the ClientApp's ``client_fn`` (each trains one local epoch on its partition and
+  its reply is serialized, validated and aggregated by ``strategies.FedAvg``), then the strategy's
+  server-side evaluation on the test set;
+- centralized: one epoch of the same SGD over the union of the 10 partitions (the same samples,
+  the same number of gradient steps up to rounding), then one evaluation on the test set.
+
+The ratio federated / centralized is what FL's orchestration costs on top of the training itself
+(model copies, serialization, context state, aggregation); Ray and gRPC are not in it (``flwr run``
+adds them). Each time is the median of --repeats runs after one warm-up run.
+
+    python experiments/benchmarks/fedavg_round.py [--model mlp|cnn] [--repeats N] [--threads N]
+
+On a CPU shared with other work, --threads 1 gives steadier numbers (see topk_selection.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import torch
+from flwr.server import Server
+
+from experiments.client_app import client_fn
+from experiments.federation import client_data, make_strategy, validate_run_config
+from experiments.inprocess import make_federation
+from flwr_privacy.data import TensorData, load_dataset
+from flwr_privacy.models import build_model
+from flwr_privacy.training import evaluate, pick_device, train_epochs
+
+NUM_CLIENTS = 10
+
+
+def federated_round(run_config: dict) -> float:
+    """Seconds for one FedAvg round (fit of every client, aggregation) plus the server-side evaluation."""
+    random.seed(0)
+    cfg = validate_run_config(run_config)
+    strategy = make_strategy(cfg, run_config)
+    server = Server(client_manager=make_federation(client_fn, run_config, cfg.num_clients), strategy=strategy)
+    server.parameters = strategy.initialize_parameters(server.client_manager())
+    start = time.perf_counter()
+    parameters, _, (results, failures) = server.fit_round(server_round=1, timeout=None)
+    strategy.evaluate(1, parameters)
+    elapsed = time.perf_counter() - start
+    if failures or len(results) != NUM_CLIENTS:
+        raise RuntimeError(f"the round had {len(failures)} failures and {len(results)} results")
+    return elapsed
+
+
+def centralized_epoch(run_config: dict) -> float:
+    """Seconds for one epoch of the same SGD over the union of the clients' data, plus one evaluation."""
+    cfg = validate_run_config(run_config)
+    parts = [client_data(cfg, i) for i in range(cfg.num_clients)]
+    pooled = TensorData(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
+    _, test = load_dataset(cfg.dataset, cfg.data_dir)
+    device = pick_device(cfg.device)
+    model = build_model(cfg.model, pooled.in_shape, 10, cfg.seed)
+    start = time.perf_counter()
+    train_epochs(model, pooled, cfg.local_epochs, cfg.sgd, device, torch.Generator().manual_seed(cfg.seed))
+    evaluate(model, test, device)
+    return time.perf_counter() - start
+
+
+def median(fn, run_config: dict, repeats: int) -> float:
+    fn(run_config)  # warm-up: data loading, allocator, kernels
+    return statistics.median(fn(run_config) for _ in range(repeats))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="cnn", help="a flwr_privacy.models name (default: cnn)")
+    parser.add_argument("--dataset", default="mnist-embedded")
+    parser.add_argument("--data-dir", default="")
+    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_config = {
+        "strategy": "fedavg",
+        "model": args.model,
+        "dataset": args.dataset,
+        "data-dir": args.data_dir,
+        "num-clients": NUM_CLIENTS,
+        "fraction-fit": 1.0,
+        "local-epochs": 1,
+        "batch-size": args.batch_size,
+        "lr": 0.05,
+        "device": args.device,
+        "output-dir": "",
+    }
+    cfg = validate_run_config(run_config)
+    samples = sum(len(client_data(cfg, i)) for i in range(NUM_CLIENTS))
+    print(
+        f"FedAvg round vs centralized epoch: model={args.model}, dataset={args.dataset}, {NUM_CLIENTS} clients, "
+        f"{samples} samples, batch {args.batch_size}, device {pick_device(args.device)}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}"
+    )
+    central = median(centralized_epoch, run_config, args.repeats)
+    federated = median(federated_round, run_config, args.repeats)
+    print(f"centralized: one epoch over the {samples} samples + evaluation: {central:.3f} s")
+    print(f"federated:   one round of {NUM_CLIENTS} clients, 1 local epoch each + evaluation: {federated:.3f} s")
+    print(f"ratio federated / centralized (orchestration overhead): {federated / central:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
