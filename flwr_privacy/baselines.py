@@ -34,6 +34,15 @@ def federated_epochs(samples_per_round: float, num_rounds: int, num_examples: in
     return max(1, round(samples_per_round * num_rounds / num_examples))
 
 
+def train_alone(
+    model_name: str, data: TensorData, test: TensorData, epochs: int, settings: SGDSettings, device: torch.device, seed: int
+) -> tuple[float, float]:
+    """One party trains the model on ``data`` for ``epochs``; its test loss and accuracy."""
+    model = build_model(model_name, data.in_shape, 10, seed)
+    train_epochs(model, data, epochs, settings, device, torch.Generator().manual_seed(seed))
+    return evaluate(model, test, device)
+
+
 def centralized(
     model_name: str,
     train: TensorData,
@@ -44,10 +53,7 @@ def centralized(
     seed: int = 0,
 ) -> BaselineResult:
     """One party holding all the data trains the same model for ``epochs``."""
-    model = build_model(model_name, train.in_shape, 10, seed)
-    generator = torch.Generator().manual_seed(seed)
-    train_epochs(model, train, epochs, settings, device, generator)
-    loss, accuracy = evaluate(model, test, device)
+    loss, accuracy = train_alone(model_name, train, test, epochs, settings, device, seed)
     return BaselineResult("centralized", accuracy, loss, epochs)
 
 
@@ -61,14 +67,8 @@ def standalone(
     seed: int = 0,
 ) -> BaselineResult:
     """Each client trains the same model alone on its own data; mean (and std) of their test accuracy."""
-    accuracies, losses = [], []
-    for i, part in enumerate(parts):
-        model = build_model(model_name, part.in_shape, 10, seed)
-        generator = torch.Generator().manual_seed(seed * 100_003 + i)
-        train_epochs(model, part, epochs, settings, device, generator)
-        loss, accuracy = evaluate(model, test, device)
-        accuracies.append(accuracy)
-        losses.append(loss)
+    results = [train_alone(model_name, part, test, epochs, settings, device, seed) for part in parts]
+    losses, accuracies = (np.array(r) for r in zip(*results))
     return BaselineResult(
-        "standalone", float(np.mean(accuracies)), float(np.mean(losses)), epochs, float(np.std(accuracies)), len(parts)
+        "standalone", float(accuracies.mean()), float(losses.mean()), epochs, float(accuracies.std()), len(parts)
     )
