@@ -10,9 +10,11 @@ The run's folder (printed at the end) holds rounds.csv, rounds.json, accuracy.pn
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import flwr.common.logger as flwr_logger
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
@@ -71,6 +73,9 @@ def main(cfg: DictConfig) -> None:
             gpus_per_client=cfg.simulation.gpus_per_client,
         )
     elif backend == "inprocess":
+        # Flower's logger has its own console handler and also propagates to Hydra's (console and the
+        # run's log file): keep Hydra's, so each line shows once and lands in the log file.
+        logging.getLogger("flwr").removeHandler(flwr_logger.console_handler)
         writer = ResultsWriter(config.output_dir, run_config)
         strategy = make_strategy(config, run_config, on_round=writer)
         run_inprocess(strategy, make_federation(client_fn, run_config, config.num_clients), config.num_rounds)
