@@ -28,6 +28,7 @@ from experiments.results import ResultsWriter, plot_rounds
 from flwr_privacy.data import check_data
 
 RUNNER_ONLY = ("simulation", "experiment", "baseline")
+BACKENDS = ("flwr", "inprocess")
 
 
 def to_run_config(cfg: DictConfig) -> dict[str, Any]:
@@ -63,8 +64,10 @@ def main(cfg: DictConfig) -> None:
     run_config = to_run_config(cfg)
     run_config["output-dir"] = HydraConfig.get().runtime.output_dir
     config = validate_run_config(run_config)
-    check_data(config.dataset, config.data_dir)
     backend = cfg.simulation.backend
+    if backend not in BACKENDS:
+        raise ValueError(f"simulation.backend={backend!r} is unknown; allowed: {list(BACKENDS)}")
+    check_data(config.dataset, config.data_dir)
     if backend == "flwr":
         rows = flwr_run(
             run_config,
@@ -72,7 +75,7 @@ def main(cfg: DictConfig) -> None:
             cpus_per_client=cfg.simulation.cpus_per_client,
             gpus_per_client=cfg.simulation.gpus_per_client,
         )
-    elif backend == "inprocess":
+    else:
         # Flower's logger has its own console handler and also propagates to Hydra's (console and the
         # run's log file): keep Hydra's, so each line shows once and lands in the log file.
         logging.getLogger("flwr").removeHandler(flwr_logger.console_handler)
@@ -80,8 +83,6 @@ def main(cfg: DictConfig) -> None:
         strategy = make_strategy(config, run_config, on_round=writer)
         run_inprocess(strategy, make_federation(client_fn, run_config, config.num_clients), config.num_rounds)
         rows = writer.rows
-    else:
-        raise ValueError(f"simulation.backend={backend!r} is unknown; allowed: ['flwr', 'inprocess']")
     plot_rounds(rows, Path(config.output_dir) / "accuracy.png", title=Path(config.output_dir).name)
     print(summarise(rows))
     print(f"results: {run_config['output-dir']}")
