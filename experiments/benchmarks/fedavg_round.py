@@ -11,7 +11,9 @@ Both sides run in this process on the same data, model and optimiser settings:
 
 The ratio federated / centralized is what FL's orchestration costs on top of the training itself
 (model copies, serialization, context state, aggregation); Ray and gRPC are not in it (``flwr run``
-adds them). Each time is the median of --repeats runs after one warm-up run.
+adds them). The two alternate, one of each per repeat after a warm-up of each, so that both see the
+same machine; each time printed is the median over --repeats, the ratio is the median of the
+per-repeat ratios.
 
     python experiments/benchmarks/fedavg_round.py [--model mlp|cnn] [--repeats N] [--threads N]
 
@@ -68,11 +70,6 @@ def centralized_epoch(run_config: dict) -> float:
     return time.perf_counter() - start
 
 
-def median(fn, run_config: dict, repeats: int) -> float:
-    fn(run_config)  # warm-up: data loading, allocator, kernels
-    return statistics.median(fn(run_config) for _ in range(repeats))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="cnn", help="a flwr_privacy.models name (default: cnn)")
@@ -105,11 +102,14 @@ def main() -> None:
         f"{samples} samples, batch {args.batch_size}, device {pick_device(args.device)}, "
         f"{torch.get_num_threads()} threads, median of {args.repeats}"
     )
-    central = median(centralized_epoch, run_config, args.repeats)
-    federated = median(federated_round, run_config, args.repeats)
+    centralized_epoch(run_config), federated_round(run_config)  # warm-up: data loading, allocator, kernels
+    times = [(centralized_epoch(run_config), federated_round(run_config)) for _ in range(args.repeats)]
+    central = statistics.median(c for c, _ in times)
+    federated = statistics.median(f for _, f in times)
+    ratio = statistics.median(f / c for c, f in times)
     print(f"centralized: one epoch over the {samples} samples + evaluation: {central:.3f} s")
     print(f"federated:   one round of {NUM_CLIENTS} clients, 1 local epoch each + evaluation: {federated:.3f} s")
-    print(f"ratio federated / centralized (orchestration overhead): {federated / central:.2f}x")
+    print(f"ratio federated / centralized (orchestration overhead): {ratio:.2f}x")
 
 
 if __name__ == "__main__":
