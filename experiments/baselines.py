@@ -1,7 +1,7 @@
 """Centralized and standalone baselines for a composed config, on the same model and budget.
 
     python -m experiments.baselines experiment=fedavg_mnist_cnn_iid
-    python -m experiments.baselines dataset=mnist model=dssgd-mlp baseline.max_clients=30
+    python -m experiments.baselines dataset=mnist model=dssgd_mlp baseline.max_clients=30
 
 Writes ``baselines.json`` in the run folder and prints both accuracies. The budget is the
 federated run's: as many passes over the data as the federation's sample gradients add up to
