@@ -1,3 +1,6 @@
+from dataclasses import fields
+from pathlib import Path
+
 import pytest
 
 from flwr_privacy.config import RunConfig
@@ -5,7 +8,6 @@ from flwr_privacy.config import RunConfig
 
 def test_defaults_match_the_apps_run_config():
     import tomllib
-    from pathlib import Path
 
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     app_config = pyproject["tool"]["flwr"]["app"]["config"]
@@ -31,3 +33,15 @@ def test_defaults_match_the_apps_run_config():
 def test_bad_values_name_key_value_and_what_is_allowed(overrides, match):
     with pytest.raises(ValueError, match=match):
         RunConfig.from_run_config(overrides)
+
+
+def test_every_run_config_key_can_be_set_from_hydra():
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "experiments" / "conf"
+    reachable = set()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        for overrides in ([], ["partition=dirichlet"], ["partition=shards"], ["strategy=dgc"]):
+            reachable |= set(compose(config_name="config", overrides=overrides).keys())
+    runner_sets = {"output_dir"}  # the run's folder, from Hydra
+    assert {f.name for f in fields(RunConfig)} - runner_sets <= reachable
