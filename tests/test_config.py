@@ -45,3 +45,20 @@ def test_every_run_config_key_can_be_set_from_hydra():
             reachable |= set(compose(config_name="config", overrides=overrides).keys())
     runner_sets = {"output_dir"}  # the run's folder, from Hydra
     assert {f.name for f in fields(RunConfig)} - runner_sets <= reachable
+
+
+@pytest.mark.parametrize(
+    "experiment", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "experiments/conf/experiment").glob("*.yaml"))
+)
+def test_each_experiment_composes_to_the_setting_its_name_says(experiment):
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "experiments" / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"])
+    strategy, dataset, model, *split = experiment.split("_")
+    assert cfg.strategy == strategy
+    assert cfg.dataset.replace("-", "") == dataset
+    assert cfg.model.replace("-", "") in (model, f"{strategy}{model}")
+    if split:
+        assert cfg.partition == split[0]
