@@ -20,7 +20,14 @@ from flwr_privacy.compression.dense import DenseCodec
 from flwr_privacy.compression.model_update import SparseUpdateCodec
 from flwr_privacy.data import TensorData
 from flwr_privacy.training import augment_batch, batches, flat_gradient
-from flwr_privacy.wire import arrays_to_model, join_trainable, model_to_arrays, split_trainable, trainable_mask
+from flwr_privacy.wire import (
+    arrays_to_model,
+    buffer_shapes,
+    join_trainable,
+    model_to_arrays,
+    split_trainable,
+    trainable_mask,
+)
 
 MEMORY_KEY = "dgc.memory"
 MODEL_KEY = "dgc.model"
@@ -56,10 +63,10 @@ class DGCClient(NumPyClient):
         self.shapes = [a.shape for a in model_to_arrays(model)]
         self.trainable = trainable_mask(model)
         self.segments = [p.numel() for p in model.parameters()]
-        buffer_shapes = tuple(s for s, m in zip(self.shapes, self.trainable) if not m)
-        self.sparse_codec = SparseUpdateCodec(sum(self.segments), buffer_shapes, value_dtype)
-        self.downlink_codec = SparseUpdateCodec(sum(self.segments), buffer_shapes)  # float32: see strategies.dgc
-        self.dense_codec = DenseCodec(((sum(self.segments),), *buffer_shapes), value_dtype)
+        dense_shapes = buffer_shapes(self.shapes, self.trainable)
+        self.sparse_codec = SparseUpdateCodec(sum(self.segments), dense_shapes, value_dtype)
+        self.downlink_codec = SparseUpdateCodec(sum(self.segments), dense_shapes)  # float32: see strategies.dgc
+        self.dense_codec = DenseCodec(((sum(self.segments),), *dense_shapes), value_dtype)
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         return model_to_arrays(self.model)

@@ -17,7 +17,14 @@ from flwr_privacy.algorithms.dssgd import DSSGDConfig, compute_change, overwrite
 from flwr_privacy.compression.model_update import SparseUpdateCodec
 from flwr_privacy.data import TensorData
 from flwr_privacy.training import SGDSettings, train_epochs
-from flwr_privacy.wire import arrays_to_model, join_trainable, model_to_arrays, split_trainable, trainable_mask
+from flwr_privacy.wire import (
+    arrays_to_model,
+    buffer_shapes,
+    join_trainable,
+    model_to_arrays,
+    split_trainable,
+    trainable_mask,
+)
 
 MODEL_KEY = "dssgd.local_model"
 
@@ -50,8 +57,8 @@ class DSSGDClient(NumPyClient):
         self.shapes = [a.shape for a in model_to_arrays(model)]
         self.trainable = trainable_mask(model)
         numel = sum(p.numel() for p in model.parameters())
-        buffer_shapes = tuple(s for s, m in zip(self.shapes, self.trainable) if not m)
-        self.codec = SparseUpdateCodec(numel, buffer_shapes, value_dtype)
+        dense_shapes = buffer_shapes(self.shapes, self.trainable)
+        self.codec = SparseUpdateCodec(numel, dense_shapes, value_dtype)
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         return model_to_arrays(self.model)

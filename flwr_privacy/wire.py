@@ -55,6 +55,11 @@ def unflatten(flat: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[np.ndar
     return [p.reshape(s).numpy().copy() for p, s in zip(parts, shapes)]
 
 
+def buffer_shapes(shapes: list[tuple[int, ...]], mask: list[bool]) -> tuple[tuple[int, ...], ...]:
+    """Shapes of the non-trainable arrays (buffers), in wire order: what travels dense beside a sparse update."""
+    return tuple(tuple(s) for s, m in zip(shapes, mask) if not m)
+
+
 def split_trainable(arrays: list[np.ndarray], mask: list[bool]) -> tuple[torch.Tensor, list[np.ndarray]]:
     """Wire arrays -> (flat vector of the trainable entries, buffers in wire order).
 

@@ -20,7 +20,7 @@ from flwr_privacy.algorithms.dgc import DGCConfig, apply_momentum_update, apply_
 from flwr_privacy.algorithms.fedavg import weighted_average
 from flwr_privacy.compression.dense import DenseCodec
 from flwr_privacy.compression.model_update import SparseUpdateCodec
-from flwr_privacy.wire import join_trainable, split_trainable
+from flwr_privacy.wire import buffer_shapes, join_trainable, split_trainable
 from strategies.base import EvaluateFn, RecordingStrategy, RoundCallback, mean_metric, parameters_nbytes, validate_replies
 
 DOWNLINKS = ("dense", "sparse")
@@ -63,12 +63,12 @@ class DGC(RecordingStrategy):
         self.trainable = list(trainable)
         self.weights, self.buffers = split_trainable(self.initial_arrays, self.trainable)
         self.velocity = torch.zeros_like(self.weights)
-        buffer_shapes = tuple(s for s, m in zip(self.shapes, self.trainable) if not m)
-        self.sparse_codec = SparseUpdateCodec(self.weights.numel(), buffer_shapes, value_dtype)
+        dense_shapes = buffer_shapes(self.shapes, self.trainable)
+        self.sparse_codec = SparseUpdateCodec(self.weights.numel(), dense_shapes, value_dtype)
         # The downlink overwrites the clients' copies with these values: float32 whatever the uplink's
         # dtype, or a float16 wire would leave every client a slightly different model than the server's.
-        self.downlink_codec = SparseUpdateCodec(self.weights.numel(), buffer_shapes)
-        self.dense_codec = DenseCodec(((self.weights.numel(),), *buffer_shapes), value_dtype)
+        self.downlink_codec = SparseUpdateCodec(self.weights.numel(), dense_shapes)
+        self.dense_codec = DenseCodec(((self.weights.numel(),), *dense_shapes), value_dtype)
         # Sparse downlink: which weights each round changed, and the version each client holds.
         self.changed: dict[int, torch.Tensor] = {}
         self.versions: dict[str, int] = {}

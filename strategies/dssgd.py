@@ -20,7 +20,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr_privacy.algorithms.dssgd import DSSGDConfig, DSSGDServer
 from flwr_privacy.algorithms.fedavg import weighted_average
 from flwr_privacy.compression.model_update import SparseUpdateCodec
-from flwr_privacy.wire import join_trainable, split_trainable
+from flwr_privacy.wire import buffer_shapes, join_trainable, split_trainable
 from strategies.base import (
     EvaluateFn,
     RecordingStrategy,
@@ -59,8 +59,8 @@ class DSSGD(RecordingStrategy):
         self.trainable = list(trainable)
         weights, self.buffers = split_trainable(self.initial_arrays, self.trainable)
         self.server = DSSGDServer(weights, config)
-        buffer_shapes = tuple(s for s, m in zip(self.shapes, self.trainable) if not m)
-        self.codec = SparseUpdateCodec(weights.numel(), buffer_shapes, value_dtype)
+        dense_shapes = buffer_shapes(self.shapes, self.trainable)
+        self.codec = SparseUpdateCodec(weights.numel(), dense_shapes, value_dtype)
         self.spent: dict[str, float] = {}  # cumulative epsilon per participant (sequential composition)
 
     def global_arrays(self) -> list[np.ndarray]:
