@@ -14,7 +14,7 @@ from flwr.client import NumPyClient
 from flwr.common import NDArrays, RecordDict, Scalar
 from torch import nn
 
-from clients.state import load_arrays, save_arrays
+from flwr_privacy.clients.state import load_arrays, save_arrays
 from flwr_privacy.algorithms.dgc import DGCConfig, DGCMemory
 from flwr_privacy.compression.dense import DenseCodec
 from flwr_privacy.compression.model_update import SparseUpdateCodec

@@ -12,7 +12,7 @@ from flwr.client import NumPyClient
 from flwr.common import NDArrays, RecordDict, Scalar
 from torch import nn
 
-from clients.state import load_arrays, save_arrays
+from flwr_privacy.clients.state import load_arrays, save_arrays
 from flwr_privacy.algorithms.dssgd import DSSGDConfig, compute_change, overwrite_local, participant_upload
 from flwr_privacy.compression.model_update import SparseUpdateCodec
 from flwr_privacy.data import TensorData

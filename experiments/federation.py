@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 from flwr.common import Context
 
-from clients.dgc import DGCClient
-from clients.dssgd import DSSGDClient
-from clients.fedavg import FedAvgClient, client_seed
+from flwr_privacy.clients.dgc import DGCClient
+from flwr_privacy.clients.dssgd import DSSGDClient
+from flwr_privacy.clients.fedavg import FedAvgClient, client_seed
 from flwr_privacy.algorithms.dgc import DGCConfig
 from flwr_privacy.algorithms.dssgd import DSSGDConfig
 from flwr_privacy.config import RunConfig, section
@@ -19,8 +19,8 @@ from flwr_privacy.models import build_model
 from flwr_privacy.partition import partition
 from flwr_privacy.training import evaluate, pick_device
 from flwr_privacy.wire import arrays_to_model, model_to_arrays, trainable_mask
-from strategies import DGC, DSSGD, FedAvg
-from strategies.base import RoundCallback
+from flwr_privacy.strategies import DGC, DSSGD, FedAvg
+from flwr_privacy.strategies.base import RoundCallback
 
 
 def dgc_config(run_config: dict[str, Any], cfg: RunConfig) -> DGCConfig:

@@ -21,7 +21,7 @@ from flwr_privacy.algorithms.fedavg import weighted_average
 from flwr_privacy.compression.dense import DenseCodec
 from flwr_privacy.compression.model_update import SparseUpdateCodec
 from flwr_privacy.wire import buffer_shapes, join_trainable, split_trainable
-from strategies.base import EvaluateFn, RecordingStrategy, RoundCallback, mean_metric, parameters_nbytes, validate_replies
+from flwr_privacy.strategies.base import EvaluateFn, RecordingStrategy, RoundCallback, mean_metric, parameters_nbytes, validate_replies
 
 DOWNLINKS = ("dense", "sparse")
 

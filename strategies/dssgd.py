@@ -20,7 +20,7 @@ from flwr_privacy.algorithms.dssgd import DSSGDConfig, DSSGDServer
 from flwr_privacy.algorithms.fedavg import weighted_average
 from flwr_privacy.compression.model_update import SparseUpdateCodec
 from flwr_privacy.wire import buffer_shapes, join_trainable, split_trainable
-from strategies.base import (
+from flwr_privacy.strategies.base import (
     EvaluateFn,
     RecordingStrategy,
     RoundCallback,

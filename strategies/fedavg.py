@@ -11,7 +11,7 @@ from flwr.server.client_proxy import ClientProxy
 
 from flwr_privacy.algorithms.fedavg import weighted_average
 from flwr_privacy.compression.dense import DenseCodec
-from strategies.base import (
+from flwr_privacy.strategies.base import (
     EvaluateFn,
     RecordingStrategy,
     RoundCallback,

@@ -7,14 +7,14 @@ import torch
 import torch.nn.functional as F
 from flwr.common import RecordDict, ndarrays_to_parameters, parameters_to_ndarrays
 
-from clients.dgc import MEMORY_KEY, MODEL_KEY
-from clients.state import load_arrays
+from flwr_privacy.clients.dgc import MEMORY_KEY, MODEL_KEY
+from flwr_privacy.clients.state import load_arrays
 from experiments.federation import client_data, validate_run_config
 from flwr_privacy.algorithms.dgc import kept_count
 from flwr_privacy.compression.topk import index_dtype_for
 from flwr_privacy.models import build_model
 from flwr_privacy.wire import flatten, model_to_arrays
-from strategies.base import parameters_nbytes
+from flwr_privacy.strategies.base import parameters_nbytes
 
 NUMEL = 199_210  # the 2NN: 784*200 + 200 + 200*200 + 200 + 200*10 + 10
 
