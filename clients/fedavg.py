@@ -2,52 +2,52 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
-from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 from torch import nn
 
-from flwr_privacy.data import TensorData
-from flwr_privacy.training import SGDSettings, evaluate, train_epochs
+from flwr_privacy.clients.base import TrainFn, TrainingClient, local_training, server_round
+from flwr_privacy.training import SGDSettings, count_examples
 from flwr_privacy.wire import arrays_to_model, model_to_arrays
 
 
-class FedAvgClient(NumPyClient):
-    """Loads the global model, trains ``local_epochs`` epochs on its own data, returns the model."""
+class FedAvgClient(TrainingClient):
+    """Loads the global model, trains ``local_epochs`` epochs on its own data, returns the model.
+
+    Args:
+        model, data, device, loss_fn, test_data: the user's (see ``TrainingClient``).
+        settings: SGD settings of our training loop; ``local_epochs``: E.
+        train_fn: the user's own training function, ``train_fn(model) -> loss``, used instead of our loop.
+        seed: seeds the shuffling of TensorData.
+    """
 
     def __init__(
         self,
         model: nn.Module,
-        train_data: TensorData,
-        settings: SGDSettings,
-        local_epochs: int,
-        device: torch.device,
+        data: Any,
+        *,
+        settings: SGDSettings | None = None,
+        local_epochs: int = 1,
+        train_fn: TrainFn | None = None,
         seed: int = 0,
-        dtype: str = "float32",
+        **common: Any,
     ) -> None:
-        self.dtype = dtype
-        self.model = model
-        self.train_data = train_data
-        self.settings = settings
+        super().__init__(model, data, **common)
+        self.settings = settings or SGDSettings()
         self.local_epochs = local_epochs
-        self.device = device
+        self.train_fn = train_fn
         self.seed = seed
-
-    def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
-        return model_to_arrays(self.model)
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
         arrays_to_model(self.model, [np.asarray(p, dtype=np.float32) for p in parameters])
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + int(config.get("server_round", 0)))
-        loss = train_epochs(self.model, self.train_data, self.local_epochs, self.settings, self.device, generator)
-        arrays = [a.astype(self.dtype, copy=False) for a in model_to_arrays(self.model)]
-        return arrays, len(self.train_data), {"train_loss": loss}
-
-    def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
-        arrays_to_model(self.model, parameters)
-        loss, accuracy = evaluate(self.model, self.train_data, self.device)
-        return loss, len(self.train_data), {"accuracy": accuracy}
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + server_round(config))
+        loss = local_training(self, self.settings, self.local_epochs, self.train_fn, generator)
+        dtype = str(config.get("wire_dtype", "float32"))
+        arrays = [a.astype(dtype, copy=False) for a in model_to_arrays(self.model)]
+        return arrays, count_examples(self.data), {} if loss is None else {"train_loss": loss}
 
 
 def client_seed(run_seed: int, partition_id: int) -> int:

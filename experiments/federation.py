@@ -27,14 +27,6 @@ def dgc_config(run_config: dict[str, Any], cfg: RunConfig) -> DGCConfig:
     """DGCConfig from the ``dgc.*`` keys: the schedule is a comma-separated string, clip-norm 0 is off,
     and num-workers 0 means the clients sampled per round (the N of the N^(-1/2) clipping scale)."""
     values = section(run_config, "dgc", DGCConfig)
-    schedule = values.get("warmup_sparsities")
-    if isinstance(schedule, str):
-        try:
-            values["warmup_sparsities"] = tuple(float(v) for v in schedule.split(",") if v.strip())
-        except ValueError:
-            raise ValueError(f"dgc.warmup-sparsities={schedule!r} must be comma-separated numbers") from None
-    if values.get("clip_norm") == 0:
-        values["clip_norm"] = None
     if values.get("num_workers", 0) == 0:
         values["num_workers"] = cfg.clients_per_round
     return DGCConfig(**values)
@@ -100,6 +92,9 @@ def make_strategy(cfg: RunConfig, run_config: dict[str, Any], on_round: RoundCal
         evaluate_fn=make_evaluate_fn(cfg, test),
         fraction_fit=cfg.fraction_fit,
         min_fit_clients=cfg.min_fit_clients,
+        min_available_clients=cfg.min_fit_clients,
+        fraction_evaluate=0.0,  # every round is scored on the server's held-out test set
+        seed=cfg.seed,
         on_round=on_round,
     )
     if cfg.strategy == "fedavg":
@@ -131,29 +126,25 @@ def make_client(cfg: RunConfig, run_config: dict[str, Any], context: Context):
     device = pick_device(cfg.device)
     seed = client_seed(cfg.seed, partition_id)
     if cfg.strategy == "fedavg":
-        return FedAvgClient(model, data, cfg.sgd, cfg.local_epochs, device, seed, cfg.wire_dtype)
+        return FedAvgClient(model, data, settings=cfg.sgd, local_epochs=cfg.local_epochs, device=device, seed=seed)
     if cfg.strategy == "dgc":
         return DGCClient(
             model,
             data,
-            dgc_config(run_config, cfg),
-            cfg.local_steps,
-            cfg.batch_size,
-            device,
-            context.state,
-            seed,
-            cfg.wire_dtype,
-            cfg.augment,
+            state=context.state,
+            local_steps=cfg.local_steps,
+            batch_size=cfg.batch_size,
+            device=device,
+            seed=seed,
+            augment=cfg.augment,
         )
     return DSSGDClient(
         model,
         data,
-        dssgd_config(run_config, cfg),
-        cfg.sgd,
-        cfg.local_epochs,
-        device,
-        context.state,
-        seed,
-        partition_id,
-        cfg.wire_dtype,
+        state=context.state,
+        settings=cfg.sgd,
+        local_epochs=cfg.local_epochs,
+        device=device,
+        seed=seed,
+        partition_id=partition_id,
     )

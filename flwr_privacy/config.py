@@ -112,6 +112,20 @@ class RunConfig:
         return {_key(f.name): getattr(self, f.name) for f in fields(self)}
 
 
+def to_section(name: str, config: Any) -> dict[str, Any]:
+    """A config dataclass as the dotted keys ``section`` reads back: what a strategy sends its clients.
+
+    Tuples become comma-separated strings and None becomes 0 (Flower's config values are scalars).
+    """
+    values = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, tuple):
+            value = ",".join(repr(v) for v in value)
+        values[f"{name}.{_key(f.name)}"] = 0 if value is None else value
+    return values
+
+
 def section(run_config: dict[str, Any], name: str, config_class: type) -> dict[str, Any]:
     """The keys under ``name.`` with the prefix removed and kebab-case turned into the field names of
     ``config_class`` (a dataclass); a key that names no field is a config error."""

@@ -1,15 +1,56 @@
-"""Local training and evaluation on in-memory tensors, on CUDA when there is a GPU, else the CPU."""
+"""Local training and evaluation, on CUDA when there is a GPU, else the CPU.
+
+Data is either this package's in-memory :class:`TensorData` (shuffled with a seeded generator) or
+any iterable of batches a user already has, a ``torch.utils.data.DataLoader`` say, yielding
+``(inputs, targets)`` tuples or dicts such as ``{"img": ..., "label": ...}`` (see ``as_xy``).
+The loss is the user's ``loss_fn(outputs, targets)`` (mean over the batch), cross-entropy by default.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from flwr_privacy.data import TensorData
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Data = TensorData | Iterable[Any]
+
+# Keys a dict batch names its inputs and targets by (Flower's quickstarts use "img" and "label").
+INPUT_KEYS = ("img", "image", "images", "x", "input", "inputs", "pixel_values", "features")
+TARGET_KEYS = ("label", "labels", "y", "target", "targets")
+
+
+def as_xy(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of one batch: a tuple or list (first two items), or a dict with known keys."""
+    if isinstance(batch, Mapping):
+        x = next((batch[k] for k in INPUT_KEYS if k in batch), None)
+        y = next((batch[k] for k in TARGET_KEYS if k in batch), None)
+        if x is None or y is None:
+            raise ValueError(
+                f"a dict batch needs an input key {list(INPUT_KEYS)} and a target key {list(TARGET_KEYS)}; "
+                f"got keys {sorted(batch)}"
+            )
+        return x, y
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise ValueError(f"a batch must be an (inputs, targets) pair or a dict, got {type(batch).__name__}")
+
+
+def count_examples(data: Data) -> int:
+    """Examples in one pass over the data: ``len(dataset)`` of a DataLoader, else counted batch by batch."""
+    if isinstance(data, TensorData):
+        return len(data)
+    dataset = getattr(data, "dataset", None)
+    if dataset is not None and hasattr(dataset, "__len__"):
+        return len(dataset)
+    return sum(len(as_xy(batch)[1]) for batch in data)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -53,9 +94,15 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def batches(
-    data: TensorData, batch_size: int, generator: torch.Generator, device: torch.device
+    data: Data, batch_size: int, generator: torch.Generator, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One shuffled pass over the data in mini-batches (the last one may be smaller)."""
+    """One pass over the data in mini-batches: TensorData shuffled by ``generator`` in ``batch_size``
+    batches (the last one may be smaller); any other iterable as it yields them."""
+    if not isinstance(data, TensorData):
+        for batch in data:
+            x, y = as_xy(batch)
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        return
     order = torch.randperm(len(data), generator=generator)
     for start in range(0, len(data), batch_size):
         idx = order[start : start + batch_size]
@@ -64,24 +111,26 @@ def batches(
 
 def train_epochs(
     model: nn.Module,
-    data: TensorData,
+    data: Data,
     epochs: int,
     settings: SGDSettings,
     device: torch.device,
     generator: torch.Generator,
+    loss_fn: LossFn | None = None,
 ) -> float:
     """Run ``epochs`` passes of mini-batch SGD over ``data``; returns the mean training loss."""
     model.to(device).train()
     opt = torch.optim.SGD(
         model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
+    loss_fn = loss_fn or F.cross_entropy
     total, count = 0.0, 0
     for _ in range(epochs):
         for x, y in batches(data, settings.batch_size, generator, device):
             if settings.augment:
                 x = augment_batch(x, generator)
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
+            loss = loss_fn(model(x), y)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(y)
@@ -89,11 +138,13 @@ def train_epochs(
     return total / max(count, 1)
 
 
-def flat_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+def flat_gradient(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn | None = None
+) -> tuple[torch.Tensor, float]:
     """The mini-batch loss gradient over all trainable parameters as one flat vector, and the loss."""
     model.train()
     model.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(x), y)
+    loss = (loss_fn or F.cross_entropy)(model(x), y)
     loss.backward()
     grad = torch.cat(
         [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in model.parameters()]
@@ -103,15 +154,22 @@ def flat_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[t
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: TensorData, device: torch.device, batch_size: int = 1000
+    model: nn.Module, data: Data, device: torch.device, batch_size: int = 1000, loss_fn: LossFn | None = None
 ) -> tuple[float, float]:
-    """(mean cross-entropy loss, accuracy) of the model on the data."""
+    """(mean loss, accuracy) of the model on the data; the loss is cross-entropy unless ``loss_fn`` is given."""
     model.to(device).eval()
-    loss, correct = 0.0, 0
-    for start in range(0, len(data), batch_size):
-        x = data.x[start : start + batch_size].to(device)
-        y = data.y[start : start + batch_size].to(device)
+    loss_fn = loss_fn or F.cross_entropy
+    if isinstance(data, TensorData):
+        tensors = data
+        data = ((tensors.x[i : i + batch_size], tensors.y[i : i + batch_size]) for i in range(0, len(tensors), batch_size))
+    loss, correct, count = 0.0, 0, 0
+    for batch in data:
+        x, y = as_xy(batch)
+        x, y = x.to(device), y.to(device)
         out = model(x)
-        loss += float(F.cross_entropy(out, y, reduction="sum"))
+        loss += float(loss_fn(out, y)) * len(y)
         correct += int((out.argmax(1) == y).sum())
-    return loss / len(data), correct / len(data)
+        count += len(y)
+    if count == 0:
+        raise ValueError("evaluation data yielded no example")
+    return loss / count, correct / count

@@ -1,70 +1,116 @@
-"""What every strategy here shares: client sampling, reply validation and per-round records.
+"""What every strategy here shares, whichever of Flower's two APIs it speaks.
+
+An algorithm's server side is an :class:`AlgorithmRounds`: what to send each sampled client, how to
+decode a reply, how to fold the accepted replies into the global model. It knows nothing of Flower's
+message types; ``strategies.legacy`` (``Strategy`` / ``NumPyClient``) and ``strategies.message``
+(``flwr.serverapp.strategy.Strategy``) translate Flower's messages into :class:`Reply` objects and
+back, so both flavours run the same math, the same codecs, the same validation and the same records.
 
 A record is one dict per round: test accuracy and loss, bytes sent to and received from clients
-(counted from the serialized arrays, i.e. the ``np.save`` blobs Flower actually carries), failures
-and wall time. ``on_round`` receives each record as soon as its round's evaluation is done.
+(counted from the serialized arrays Flower actually carries), failures and wall time. ``on_round``
+receives each record as soon as its round's evaluation is done.
 """
 
 from __future__ import annotations
 
+import math
+import random
 import time
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.common import (
-    EvaluateIns,
-    EvaluateRes,
-    FitIns,
-    FitRes,
-    Parameters,
-    Scalar,
-    log,
-    ndarrays_to_parameters,
-    parameters_to_ndarrays,
-)
-from flwr.server.client_manager import ClientManager
-from flwr.server.client_proxy import ClientProxy
-from flwr.server.strategy import Strategy
+from flwr.common import log
 
-EvaluateFn = Callable[[int, list[np.ndarray], dict[str, Scalar]], tuple[float, dict[str, Scalar]] | None]
 RoundCallback = Callable[[dict[str, Any]], None]
+Config = dict[str, Any]
+
+# A round in which every reply is rejected is logged; this many in a row stop the run.
+MAX_FAILED_ROUNDS = 3
+# What a client's error text is cut to in the log and in the final error (a traceback is kilobytes).
+REASON_CHARS = 300
 
 
-def parameters_nbytes(parameters: Parameters) -> int:
-    """Bytes of a Parameters message as serialized: the sum of its tensor blobs."""
-    return int(sum(len(t) for t in parameters.tensors))
+class FederationError(RuntimeError):
+    """The federation cannot make progress (every reply rejected, round after round); the message says why."""
 
 
-def sample_clients(
-    client_manager: ClientManager, fraction: float, min_clients: int, timeout: int = 60
-) -> list[ClientProxy]:
-    """Sample max(fraction * available, min_clients) clients; fail clearly if fewer exist.
+def short_reason(text: str) -> str:
+    """One line from an error text: the last non-empty line of a traceback, cut to REASON_CHARS."""
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    line = lines[-1] if lines else "no reason given"
+    return line if len(line) <= REASON_CHARS else line[: REASON_CHARS - 3] + "..."
 
-    SuperNodes of a deployment may connect late: wait up to ``timeout`` seconds for ``min_clients``.
+
+def float_arrays(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The floating-point arrays of a model's state, as float32: integer buffers (BatchNorm's
+    ``num_batches_tracked``) are local bookkeeping and never travel (``flwr_privacy.wire``)."""
+    return [np.asarray(a, dtype=np.float32) for a in arrays if np.asarray(a).dtype.kind == "f"]
+
+
+def check_sampling(fraction: float, minimum: int, name: str) -> None:
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction_{name}={fraction} must be in [0, 1]")
+    if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 0:
+        raise ValueError(f"min_{name}_clients={minimum!r} must be an integer >= 0")
+
+
+def sample_ids(
+    ids: Sequence[Any], fraction: float, minimum: int, seed: int | None, server_round: int, purpose: str = "train"
+) -> list[Any]:
+    """Sample max(fraction * len(ids), minimum) of the ids, in sorted order.
+
+    With a seed the choice is a function of (seed, round, purpose) alone: two runs with the same seed and
+    the same connected ids sample the same clients (Flower's own samplers use the unseeded ``random``).
     """
-    if client_manager.num_available() < min_clients:
-        client_manager.wait_for(min_clients, timeout=timeout)
-    available = client_manager.num_available()
-    wanted = max(int(fraction * available), min_clients)
-    if wanted > available:
+    ordered = sorted(ids)
+    if fraction == 0:
+        return []
+    wanted = max(int(fraction * len(ordered)), minimum)
+    if wanted > len(ordered):
         raise ValueError(
-            f"min-fit-clients={min_clients} samples more clients than exist ({available} connected); "
+            f"min-fit-clients={minimum} samples more clients than exist ({len(ordered)} connected); "
             "lower min-fit-clients or start more SuperNodes"
         )
-    return client_manager.sample(num_clients=wanted, min_num_clients=wanted)
+    rng = random.Random(f"{seed}:{server_round}:{purpose}") if seed is not None else random.SystemRandom()
+    return sorted(rng.sample(ordered, wanted))
+
+
+@dataclass
+class Reply:
+    """One client's answer as either API delivers it; nothing in it is trusted yet.
+
+    ``arrays`` is called to deserialize the payload (so a reply rejected on its metadata is never
+    decoded); ``error`` holds the client's own error text if it failed.
+    """
+
+    client: str
+    arrays: Callable[[], list[np.ndarray]] | None
+    num_examples: Any
+    metrics: dict[str, Any]
+    nbytes: int = 0
+    error: str | None = None
 
 
 @dataclass
 class Accepted:
     """A client reply that passed validation."""
 
-    client: ClientProxy
+    client: str
     payload: Any  # what ``decode`` returned
     num_examples: int
-    metrics: dict[str, Scalar]
+    metrics: dict[str, Any]
+
+
+def check_num_examples(value: Any) -> int:
+    """A reply's example count: a positive int (not a bool, not a float that happens to be whole)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"num_examples={value!r} must be a positive integer")
+    return int(value)
 
 
 @dataclass
@@ -72,19 +118,17 @@ class RoundRecorder:
     """Collects one round's bytes, failures and timing, and emits the round's record."""
 
     on_round: RoundCallback | None = None
+    max_failed_rounds: int = MAX_FAILED_ROUNDS
     history: list[dict[str, Any]] = field(default_factory=list)
     _current: dict[str, Any] = field(default_factory=dict)
+    _reasons: list[str] = field(default_factory=list)
+    _failed_in_a_row: int = 0
     _started: float = 0.0
 
     def start(self, server_round: int) -> None:
         self._started = time.perf_counter()
-        self._current = {
-            "round": server_round,
-            "clients": 0,
-            "failures": 0,
-            "bytes_down": 0,
-            "bytes_up": 0,
-        }
+        self._reasons = []
+        self._current = {"round": server_round, "clients": 0, "failures": 0, "bytes_down": 0, "bytes_up": 0}
 
     def sent(self, nbytes_each: int, num_clients: int = 1) -> None:
         self._current["bytes_down"] += nbytes_each * num_clients
@@ -93,14 +137,35 @@ class RoundRecorder:
     def received(self, nbytes: int) -> None:
         self._current["bytes_up"] += nbytes
 
-    def failed(self, reason: str) -> None:
+    def failed(self, client: str, reason: str) -> None:
+        reason = short_reason(reason)
         self._current["failures"] += 1
-        log(WARNING, "round %s: client reply rejected: %s", self._current.get("round"), reason)
+        self._reasons.append(reason)
+        log(WARNING, "round %s: client %s: reply rejected: %s", self._current.get("round"), client, reason)
 
     def add(self, **values: Any) -> None:
         self._current.update(values)
 
-    def finish(self, server_round: int, loss: float | None, metrics: dict[str, Scalar]) -> dict[str, Any]:
+    def aggregated(self, accepted: int) -> None:
+        """Close the round's aggregation: a round that sampled clients and accepted none is said out loud,
+        one line per distinct reason, and ``max_failed_rounds`` of them in a row stop the run."""
+        self._current["accepted"] = accepted
+        if accepted or not self._current.get("clients"):
+            self._failed_in_a_row = 0
+            return
+        self._failed_in_a_row += 1
+        server_round = self._current.get("round")
+        counts = Counter(self._reasons or ["no reply arrived"])
+        for reason, count in counts.most_common():
+            log(ERROR, "round %s: every reply rejected; %d x %s", server_round, count, reason)
+        if self._failed_in_a_row >= self.max_failed_rounds:
+            reason, count = counts.most_common(1)[0]
+            raise FederationError(
+                f"{self._failed_in_a_row} rounds in a row rejected every client reply "
+                f"(round {server_round}: {count} of {self._current['clients']}): {reason}"
+            )
+
+    def finish(self, server_round: int, loss: float | None, metrics: dict[str, Any]) -> dict[str, Any]:
         """Close the round (round 0 is the initial model) and hand its record to ``on_round``."""
         if self._current.get("round") != server_round:
             self.start(server_round)
@@ -113,7 +178,7 @@ class RoundRecorder:
         record["cum_bytes_down"] = previous["cum_bytes_down"] + record["bytes_down"]
         record["test_loss"] = loss
         record["test_accuracy"] = metrics.get("accuracy")
-        record.update({k: v for k, v in metrics.items() if k != "accuracy"})
+        record.update({k: v for k, v in metrics.items() if k not in ("accuracy", "loss")})
         record["wall_time_s"] = time.perf_counter() - self._started if server_round > 0 else 0.0
         self.history.append(record)
         log(
@@ -135,104 +200,88 @@ class RoundRecorder:
 
 
 def validate_replies(
-    results: list[tuple[ClientProxy, FitRes]],
-    failures: list[tuple[ClientProxy, FitRes] | BaseException],
-    decode: Callable[[list[np.ndarray]], Any],
-    recorder: RoundRecorder,
+    replies: Sequence[Reply], decode: Callable[[list[np.ndarray]], Any], recorder: RoundRecorder
 ) -> list[Accepted]:
     """Decode and check every reply with ``decode``; a bad one becomes a logged failure, not an update."""
-    for failure in failures:
-        recorder.failed(repr(failure) if isinstance(failure, BaseException) else "client returned an error status")
     accepted = []
-    for client, res in sorted(results, key=lambda r: str(r[0].cid)):
-        recorder.received(parameters_nbytes(res.parameters))
+    for reply in sorted(replies, key=lambda r: r.client):
+        recorder.received(reply.nbytes)
         try:
-            if not isinstance(res.num_examples, int) or res.num_examples <= 0:
-                raise ValueError(f"num_examples={res.num_examples!r} must be a positive integer")
-            payload = decode(parameters_to_ndarrays(res.parameters))
+            if reply.error is not None:
+                raise ValueError(reply.error)
+            num_examples = check_num_examples(reply.num_examples)
+            payload = decode(reply.arrays())
         except Exception as err:  # any malformed reply is that client's failure, never the round's
-            recorder.failed(f"client {client.cid}: {err}")
+            recorder.failed(reply.client, str(err))
             continue
-        accepted.append(Accepted(client, payload, res.num_examples, dict(res.metrics or {})))
+        accepted.append(Accepted(reply.client, payload, num_examples, dict(reply.metrics or {})))
     return accepted
 
 
-def mean_metric(accepted: list[Accepted], key: str) -> float | None:
-    """Example-weighted mean of a numeric client metric, or None if no client reported it."""
-    pairs = [(a.metrics[key], a.num_examples) for a in accepted if isinstance(a.metrics.get(key), (int, float))]
+def mean_metric(accepted: Sequence[Accepted], key: str) -> float | None:
+    """Example-weighted mean of a finite numeric client metric, or None if no client reported one."""
+    pairs = [
+        (float(a.metrics[key]), a.num_examples)
+        for a in accepted
+        if isinstance(a.metrics.get(key), (int, float))
+        and not isinstance(a.metrics.get(key), bool)
+        and math.isfinite(a.metrics[key])
+    ]
     if not pairs:
         return None
     return float(sum(v * n for v, n in pairs) / sum(n for _, n in pairs))
 
 
-def fit_instructions(
-    clients: list[ClientProxy], parameters: Parameters, config: dict[str, Scalar]
-) -> list[tuple[ClientProxy, FitIns]]:
-    return [(c, FitIns(parameters, dict(config))) for c in clients]
+def evaluation_summary(replies: Sequence[Reply], recorder_round: int) -> dict[str, float]:
+    """Client-side evaluation: example-weighted means of the finite numeric metrics the clients reported."""
+    accepted = []
+    for reply in replies:
+        try:
+            if reply.error is not None:
+                raise ValueError(reply.error)
+            accepted.append(Accepted(reply.client, None, check_num_examples(reply.num_examples), reply.metrics))
+        except ValueError as err:
+            log(WARNING, "round %s: client %s evaluation rejected: %s", recorder_round, reply.client, short_reason(str(err)))
+    keys = sorted({k for a in accepted for k in a.metrics if k != "num-examples"})
+    summary = {k: mean_metric(accepted, k) for k in keys}
+    return {k: v for k, v in summary.items() if v is not None}
 
 
-class RecordingStrategy(Strategy):
-    """Common ground of this package's strategies: sampling, server-side evaluation, round records.
+class AlgorithmRounds(ABC):
+    """An algorithm's server side, round by round, in arrays and plain dicts (no Flower message types).
 
-    Subclasses implement ``configure_fit`` and ``aggregate_fit`` (the algorithm); evaluation on the
-    server's test set (``evaluate_fn``, Flower's signature) closes each round's record. Federated
-    (client-side) evaluation is not used: every round is scored on the server's held-out set.
+    ``initial_arrays`` are the global model's float arrays in wire order. Subclasses decide what each
+    sampled client gets (``configure``), check a reply (``decode``) and apply the accepted ones
+    (``aggregate``); ``recorder`` is set by the adapter and takes per-round extras (``recorder.add``).
     """
 
-    def __init__(
-        self,
-        *,
-        initial_arrays: list[np.ndarray],
-        evaluate_fn: EvaluateFn | None,
-        fraction_fit: float,
-        min_fit_clients: int,
-        on_round: RoundCallback | None,
-    ) -> None:
-        super().__init__()
-        if not 0 < fraction_fit <= 1:
-            raise ValueError(f"fraction_fit={fraction_fit} must be in (0, 1]")
-        if min_fit_clients < 1:
-            raise ValueError(f"min_fit_clients={min_fit_clients} must be >= 1")
-        self.initial_arrays = [np.asarray(a, dtype=np.float32) for a in initial_arrays]
-        self.evaluate_fn = evaluate_fn
-        self.fraction_fit = fraction_fit
-        self.min_fit_clients = min_fit_clients
-        self.recorder = RoundRecorder(on_round)
-        self.sample_timeout = 60
+    recorder: RoundRecorder
 
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """One record per finished round (round 0 is the initial model)."""
-        return self.recorder.history
+    def __init__(self, initial_arrays: Sequence[np.ndarray]) -> None:
+        self.initial_arrays = float_arrays(initial_arrays)
+        if not self.initial_arrays:
+            raise ValueError("initial_arrays holds no floating-point array: nothing to train")
+        self.shapes = [a.shape for a in self.initial_arrays]
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(fraction_fit={self.fraction_fit}, min_fit_clients={self.min_fit_clients})"
+    def settings(self) -> Config:
+        """The algorithm's settings, sent to every client with every instruction (one copy of the config)."""
+        return {}
 
-    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-        return ndarrays_to_parameters(self.initial_arrays)
+    @abstractmethod
+    def configure(self, server_round: int, clients: Sequence[str]) -> list[tuple[list[np.ndarray] | None, Config]]:
+        """Per sampled client: its payload (None: the dense global model) and its instruction config."""
 
-    def sample(self, server_round: int, client_manager: ClientManager) -> list[ClientProxy]:
-        """Open the round's record and sample its clients."""
-        self.recorder.start(server_round)
-        return sample_clients(client_manager, self.fraction_fit, self.min_fit_clients, self.sample_timeout)
+    @abstractmethod
+    def decode(self, arrays: list[np.ndarray]) -> Any:
+        """A reply's arrays checked and decoded; raises (PayloadError) naming what is wrong."""
 
-    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
-        result = None
-        if self.evaluate_fn is not None:
-            result = self.evaluate_fn(server_round, parameters_to_ndarrays(parameters), {})
-        loss, metrics = result if result is not None else (None, {})
-        self.recorder.finish(server_round, loss, metrics)
-        return result
+    @abstractmethod
+    def aggregate(self, server_round: int, accepted: list[Accepted]) -> None:
+        """Fold the accepted replies (at least one) into the global model."""
 
-    def configure_evaluate(
-        self, server_round: int, parameters: Parameters, client_manager: ClientManager
-    ) -> list[tuple[ClientProxy, EvaluateIns]]:
-        return []
+    @abstractmethod
+    def global_arrays(self) -> list[np.ndarray]:
+        """The current global model, float32, in wire order."""
 
-    def aggregate_evaluate(
-        self,
-        server_round: int,
-        results: list[tuple[ClientProxy, EvaluateRes]],
-        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
-    ) -> tuple[float | None, dict[str, Scalar]]:
-        return None, {}
+    def after_round(self, server_round: int, accepted: list[Accepted]) -> None:
+        """Hook run after every round's aggregation, accepted or not (e.g. DSSGD's counter decay)."""

@@ -30,9 +30,13 @@ def _invalid(key: str, value: object, allowed: str) -> ValueError:
     return ValueError(f"DGCConfig.{key}={value!r} is invalid: {allowed}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DGCConfig:
-    """DGC's settings; each technique of the paper's Table 1 has its own switch, for ablations."""
+    """DGC's settings; each technique of the paper's Table 1 has its own switch, for ablations.
+
+    As a run config writes them, ``warmup_sparsities`` may be a comma-separated string and
+    ``clip_norm`` 0 means no clipping.
+    """
 
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -49,8 +53,16 @@ class DGCConfig:
     dense_below: int = 0
 
     def __post_init__(self) -> None:
-        # Hydra and run configs hand over lists; a tuple keeps the config hashable and unchanging.
-        self.warmup_sparsities = tuple(float(s) for s in self.warmup_sparsities)
+        # Hydra hands over lists and run configs strings; a tuple keeps the config hashable and unchanging.
+        schedule = self.warmup_sparsities
+        if isinstance(schedule, str):
+            schedule = [v for v in schedule.split(",") if v.strip()]
+        try:
+            object.__setattr__(self, "warmup_sparsities", tuple(float(s) for s in schedule))
+        except (TypeError, ValueError):
+            raise _invalid("warmup_sparsities", self.warmup_sparsities, "must be comma-separated numbers") from None
+        if self.clip_norm == 0 and not isinstance(self.clip_norm, bool):
+            object.__setattr__(self, "clip_norm", None)
         self._check_ranges()
         self._check_schedule()
         self._check_combinations()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -189,7 +191,9 @@ def test_no_warmup_means_final_sparsity_from_the_start() -> None:
         ({"momentum": 1.0}, r"momentum=1.0 is invalid: must be in \[0, 1\)"),
         ({"momentum": -0.1}, "momentum"),
         ({"weight_decay": -1.0}, "weight_decay"),
-        ({"clip_norm": 0.0}, "clip_norm"),
+        ({"clip_norm": -1.0}, "clip_norm"),
+        ({"clip_norm": float("inf")}, "clip_norm"),
+        ({"warmup_sparsities": "0.5,x"}, "comma-separated numbers"),
         ({"num_workers": 0}, "num_workers"),
         ({"final_sparsity": 1.0}, r"final_sparsity=1.0 is invalid: must be in \[0, 1\)"),
         ({"final_sparsity": -0.1}, "final_sparsity"),
@@ -261,3 +265,11 @@ def test_server_steps() -> None:
     assert apply_update(_t(1, 1), _t(2, -2), lr=0.5).tolist() == [0, 2]
     weights, velocity = apply_momentum_update(_t(1, 1), _t(2, 0), _t(1, 1), lr=0.5, momentum=0.5)
     assert velocity.tolist() == [2, 1] and weights.tolist() == [0, 0.5]
+
+
+def test_run_config_forms_are_read_as_written_there() -> None:
+    """Strategies send DGCConfig to clients as run-config scalars: a schedule string, clip-norm 0 for off."""
+    config = DGCConfig(warmup_sparsities="0.75, 0.9", clip_norm=0)
+    assert config.warmup_sparsities == (0.75, 0.9) and config.clip_norm is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.momentum = 0.5  # type: ignore[misc]

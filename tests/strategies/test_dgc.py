@@ -14,7 +14,7 @@ from flwr_privacy.algorithms.dgc import kept_count
 from flwr_privacy.compression.topk import index_dtype_for
 from flwr_privacy.models import build_model
 from flwr_privacy.wire import flatten, model_to_arrays
-from flwr_privacy.strategies.base import parameters_nbytes
+from flwr_privacy.strategies.legacy import parameters_nbytes
 
 NUMEL = 199_210  # the 2NN: 784*200 + 200 + 200*200 + 200 + 200*10 + 10
 
@@ -234,7 +234,7 @@ def test_dense_dgc_is_momentum_sgd(federation, correction):
         ({"dgc.final-sparsity": -0.1}, "final_sparsity=-0.1"),
         ({"dgc.warmup-sparsities": "0.9,0.75"}, "warmup_sparsities"),
         ({"dgc.warmup-sparsities": "0.75,0.9999"}, "warmup_sparsities"),
-        ({"dgc.warmup-sparsities": "0.75,ninety"}, "dgc.warmup-sparsities='0.75,ninety'"),
+        ({"dgc.warmup-sparsities": "0.75,ninety"}, "warmup_sparsities='0.75,ninety' is invalid"),
         ({"dgc.momentum-correction": False}, "momentum_masking"),
         ({"dgc.momentum": 0.0}, "momentum_correction"),
         ({"dgc.selection": "random"}, "selection='random'"),

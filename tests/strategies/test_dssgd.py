@@ -14,7 +14,7 @@ from experiments.federation import make_client, validate_run_config
 from flwr_privacy.algorithms.dssgd import num_upload
 from flwr_privacy.compression.topk import index_dtype_for
 from flwr_privacy.wire import flatten, model_to_arrays
-from flwr_privacy.strategies.base import parameters_nbytes
+from flwr_privacy.strategies.legacy import parameters_nbytes
 
 NUMEL = 199_210  # the 2NN: 784*200 + 200 + 200*200 + 200 + 200*10 + 10
 GAMMA = 0.001
@@ -65,7 +65,7 @@ BAD_UPLOADS = {
 def test_bad_upload_is_rejected_and_touches_no_counter_while_a_good_one_applies(federation, reply, kind, caplog):
     fed = federation("dssgd", **{"dssgd.gamma": GAMMA})
     strategy = fed.strategy
-    initial = strategy.server.params
+    initial = strategy.rounds.server.params
     strategy.configure_fit(1, strategy.initialize_parameters(fed.manager), fed.manager)
     arrays, reason = BAD_UPLOADS[kind]
     good, bad = fed.proxies[:2]
@@ -74,8 +74,8 @@ def test_bad_upload_is_rejected_and_touches_no_counter_while_a_good_one_applies(
     expected_params, expected_stats = initial.clone(), torch.zeros(NUMEL, dtype=torch.float64)
     expected_params[GOOD_INDICES] += torch.tensor(GOOD_VALUES, dtype=torch.float32)
     expected_stats[GOOD_INDICES] = 1
-    assert torch.equal(strategy.server.params, expected_params)
-    assert torch.equal(strategy.server.stats, expected_stats)
+    assert torch.equal(strategy.rounds.server.params, expected_params)
+    assert torch.equal(strategy.rounds.server.stats, expected_stats)
     assert torch.equal(flatten(parameters_to_ndarrays(params)), expected_params)
     strategy.evaluate(1, params)
     assert strategy.history[-1]["failures"] == 1 and strategy.history[-1]["accepted"] == 1
@@ -85,13 +85,13 @@ def test_bad_upload_is_rejected_and_touches_no_counter_while_a_good_one_applies(
 def test_all_uploads_bad_leave_parameters_and_counters_untouched(federation, reply):
     fed = federation("dssgd", **{"dssgd.gamma": GAMMA})
     strategy = fed.strategy
-    initial = strategy.server.params
+    initial = strategy.rounds.server.params
     strategy.configure_fit(1, strategy.initialize_parameters(fed.manager), fed.manager)
     kinds = ["above-gamma", "nan", "duplicate", "out-of-range"]
     params, _ = strategy.aggregate_fit(1, [(p, reply(BAD_UPLOADS[k][0])) for p, k in zip(fed.proxies, kinds)], [])
     assert params is None
-    assert torch.equal(strategy.server.params, initial)
-    assert not strategy.server.stats.any()
+    assert torch.equal(strategy.rounds.server.params, initial)
+    assert not strategy.rounds.server.stats.any()
     strategy.evaluate(1, strategy.initialize_parameters(fed.manager))
     assert strategy.history[-1]["failures"] == 4 and strategy.history[-1]["accepted"] == 0
 
@@ -148,7 +148,7 @@ def test_sparse_download_over_the_local_model_kept_in_context_state(federation):
 
     proxy = fed.manager.all()[call.cid]
     local = flatten(load_arrays(proxy.context.state, MODEL_KEY))
-    server = fed.strategy.server.params
+    server = fed.strategy.rounds.server.params
     assert not torch.equal(local, server)
     (ins,) = [ins for p, ins in fed.strategy.configure_fit(3, None, fed.manager) if p.cid == call.cid]
     client = make_client(fed.cfg, fed.run_config, proxy.context)

@@ -8,7 +8,7 @@ from flwr.server.client_manager import SimpleClientManager
 from experiments.client_app import client_fn
 from experiments.federation import make_strategy, validate_run_config
 from experiments.inprocess import make_federation, run_inprocess
-from flwr_privacy.strategies.base import parameters_nbytes
+from flwr_privacy.strategies.legacy import parameters_nbytes
 
 
 def run_config(tmp_path, **overrides):

@@ -1,0 +1,210 @@
+"""The adapter onto Flower's legacy API: ``flwr.server.strategy.Strategy``, talking to ``NumPyClient``s.
+
+The design card's API, and the one SecAgg+ needs. Parameters become lists of arrays, FitRes become
+:class:`~flwr_privacy.strategies.base.Reply` objects, and the algorithm (an ``AlgorithmRounds``) does
+the rest. Server-side evaluation (``evaluate_fn``, Flower's legacy signature) closes each round's
+record; client-side evaluation runs on ``fraction_evaluate`` of the clients, as Flower's FedAvg does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
+
+from flwr_privacy.strategies.base import (
+    MAX_FAILED_ROUNDS,
+    AlgorithmRounds,
+    Reply,
+    RoundCallback,
+    RoundRecorder,
+    check_sampling,
+    evaluation_summary,
+    mean_metric,
+    sample_ids,
+    short_reason,
+    validate_replies,
+)
+
+EvaluateFn = Callable[[int, list[np.ndarray], dict[str, Scalar]], tuple[float, dict[str, Scalar]] | None]
+FitConfigFn = Callable[[int], dict[str, Scalar]]
+
+
+def parameters_nbytes(parameters: Parameters) -> int:
+    """Bytes of a Parameters message as serialized: the sum of its tensor blobs."""
+    return int(sum(len(t) for t in parameters.tensors))
+
+
+def legacy_reply(client: ClientProxy, res: FitRes | EvaluateRes) -> Reply:
+    parameters = getattr(res, "parameters", None)
+    return Reply(
+        client=str(client.cid),
+        arrays=(lambda: parameters_to_ndarrays(parameters)) if parameters is not None else None,
+        num_examples=res.num_examples,
+        metrics=dict(res.metrics or {}),
+        nbytes=parameters_nbytes(parameters) if parameters is not None else 0,
+    )
+
+
+def failure_reply(failure: tuple[ClientProxy, Any] | BaseException) -> Reply:
+    if isinstance(failure, BaseException):
+        return Reply(client="?", arrays=None, num_examples=0, metrics={}, error=short_reason(repr(failure)))
+    client, res = failure
+    message = getattr(getattr(res, "status", None), "message", "") or "client returned an error status"
+    return Reply(client=str(client.cid), arrays=None, num_examples=0, metrics={}, error=message)
+
+
+class LegacyStrategy(Strategy):
+    """A legacy Flower Strategy over an ``AlgorithmRounds``: sampling, evaluation and round records.
+
+    Defaults are Flower's (``fraction_fit=1.0``, ``min_fit_clients=2`` ...). ``seed`` makes client
+    sampling reproducible; ``max_failed_rounds`` consecutive rounds with every reply rejected stop the
+    run with a ``FederationError`` naming the reason.
+    """
+
+    def __init__(
+        self,
+        rounds: AlgorithmRounds,
+        *,
+        evaluate_fn: EvaluateFn | None = None,
+        fraction_fit: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_fit_clients: int = 2,
+        min_evaluate_clients: int = 2,
+        min_available_clients: int = 2,
+        on_fit_config_fn: FitConfigFn | None = None,
+        on_evaluate_config_fn: FitConfigFn | None = None,
+        seed: int | None = None,
+        max_failed_rounds: int = MAX_FAILED_ROUNDS,
+        on_round: RoundCallback | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0 < fraction_fit <= 1:
+            raise ValueError(f"fraction_fit={fraction_fit} must be in (0, 1]")
+        check_sampling(fraction_evaluate, min_evaluate_clients, "evaluate")
+        if isinstance(min_fit_clients, bool) or not isinstance(min_fit_clients, int) or min_fit_clients < 1:
+            raise ValueError(f"min_fit_clients={min_fit_clients!r} must be an integer >= 1")
+        if max_failed_rounds < 1:
+            raise ValueError(f"max_failed_rounds={max_failed_rounds} must be >= 1")
+        self.rounds = rounds
+        self.evaluate_fn = evaluate_fn
+        self.fraction_fit = fraction_fit
+        self.fraction_evaluate = fraction_evaluate
+        self.min_fit_clients = min_fit_clients
+        self.min_evaluate_clients = min_evaluate_clients
+        self.min_available_clients = min_available_clients
+        self.on_fit_config_fn = on_fit_config_fn
+        self.on_evaluate_config_fn = on_evaluate_config_fn
+        self.seed = seed
+        self.recorder = RoundRecorder(on_round, max_failed_rounds)
+        rounds.recorder = self.recorder
+        self.sample_timeout = 60
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One record per finished round (round 0 is the initial model)."""
+        return self.recorder.history
+
+    @property
+    def initial_arrays(self) -> list[np.ndarray]:
+        return self.rounds.initial_arrays
+
+    def global_arrays(self) -> list[np.ndarray]:
+        return self.rounds.global_arrays()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(fraction_fit={self.fraction_fit}, min_fit_clients={self.min_fit_clients})"
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return ndarrays_to_parameters(self.rounds.global_arrays())
+
+    def sample(self, client_manager: ClientManager, fraction: float, minimum: int, server_round: int, purpose: str):
+        """Wait for enough clients (SuperNodes of a deployment may connect late), then sample by the seed."""
+        needed = max(minimum, self.min_available_clients if fraction else 0)
+        if client_manager.num_available() < needed:
+            client_manager.wait_for(needed, timeout=self.sample_timeout)
+        available = client_manager.all()
+        chosen = sample_ids(list(available), fraction, minimum, self.seed, server_round, purpose)
+        return [available[cid] for cid in chosen]
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        self.recorder.start(server_round)
+        clients = self.sample(client_manager, self.fraction_fit, self.min_fit_clients, server_round, "train")
+        extra = self.on_fit_config_fn(server_round) if self.on_fit_config_fn is not None else {}
+        dense = None
+        instructions = []
+        for client, (payload, config) in zip(clients, self.rounds.configure(server_round, [str(c.cid) for c in clients])):
+            if payload is None:
+                dense = dense or ndarrays_to_parameters(self.rounds.global_arrays())
+                parameters = dense
+            else:
+                parameters = ndarrays_to_parameters(payload)
+            self.recorder.sent(parameters_nbytes(parameters))
+            instructions.append((client, FitIns(parameters, {**extra, **config})))
+        return instructions
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        replies = [failure_reply(f) for f in failures] + [legacy_reply(c, r) for c, r in results]
+        accepted = validate_replies(replies, self.rounds.decode, self.recorder)
+        applied = self.rounds.aggregate(server_round, accepted) if accepted else []
+        self.rounds.after_round(server_round, applied)
+        self.recorder.add(train_loss=mean_metric(applied, "train_loss"))
+        self.recorder.aggregated(len(applied))
+        if not applied:
+            return None, {}
+        return ndarrays_to_parameters(self.rounds.global_arrays()), {"accepted": len(applied)}
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        result = None
+        if self.evaluate_fn is not None:
+            result = self.evaluate_fn(server_round, self.rounds.global_arrays(), {})
+        loss, metrics = result if result is not None else (None, {})
+        self.recorder.finish(server_round, loss, metrics)
+        return result
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        if self.fraction_evaluate == 0:
+            return []
+        clients = self.sample(client_manager, self.fraction_evaluate, self.min_evaluate_clients, server_round, "evaluate")
+        config = {"server_round": server_round}
+        if self.on_evaluate_config_fn is not None:
+            config.update(self.on_evaluate_config_fn(server_round))
+        ins = EvaluateIns(ndarrays_to_parameters(self.rounds.global_arrays()), config)
+        return [(client, ins) for client in clients]
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        replies = [failure_reply(f) for f in failures]
+        for client, res in results:
+            reply = legacy_reply(client, res)
+            reply.metrics = {**reply.metrics, "loss": res.loss}
+            replies.append(reply)
+        summary = evaluation_summary(replies, server_round)
+        return summary.pop("loss", None), summary

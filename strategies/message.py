@@ -1,0 +1,342 @@
+"""The adapter onto Flower's Message API: ``flwr.serverapp.strategy.Strategy`` and ``strategy.start(...)``.
+
+A drop-in for the strategies of a Flower app written the way Flower's quickstarts now are::
+
+    from flwr_privacy.strategies.message import DGC      # was: from flwr.serverapp.strategy import FedAvg
+    strategy = DGC(lr=0.05, fraction_train=0.5)          # was: FedAvg(fraction_train=0.5)
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
+                            num_rounds=3, evaluate_fn=global_evaluate)
+
+The same ``AlgorithmRounds`` as the legacy strategies do the work; this module translates Flower's
+messages. The global model travels as the app's own ArrayRecord (its own keys, so a client's
+``model.load_state_dict(msg.content["arrays"].to_torch_state_dict())`` and its ``@app.evaluate()``
+work unchanged); an algorithm's own payload (a sparse update, a sparse download) travels as a list
+ArrayRecord. Integer entries of the state (BatchNorm's ``num_batches_tracked``) never travel: the
+global record keeps the initial ones. ``start`` returns Flower's ``Result`` holding the final arrays.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from flwr_privacy.algorithms.dgc import DGCConfig
+from flwr_privacy.algorithms.dssgd import DSSGDConfig
+from flwr_privacy.compression.base import PayloadError
+from flwr_privacy.strategies.base import (
+    MAX_FAILED_ROUNDS,
+    AlgorithmRounds,
+    Reply,
+    RoundCallback,
+    RoundRecorder,
+    check_sampling,
+    evaluation_summary,
+    mean_metric,
+    sample_ids,
+    validate_replies,
+)
+from flwr_privacy.strategies.dgc import DGCRounds, check_server_arguments
+from flwr_privacy.strategies.dssgd import DSSGDRounds
+from flwr_privacy.strategies.fedavg import FedAvgRounds
+
+# State entries that are buffers, not parameters, when a strategy is not told which are trainable:
+# what torch's normalization layers register.
+BUFFER_SUFFIXES = ("running_mean", "running_var")
+
+MessageEvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+def record_nbytes(record: ArrayRecord) -> int:
+    """Bytes of an ArrayRecord's arrays as serialized (each ``Array.data`` is an ``np.save`` blob)."""
+    return int(sum(len(array.data) for array in record.values()))
+
+
+def is_float(array: Array) -> bool:
+    return np.dtype(array.dtype).kind == "f"
+
+
+class MessageStrategy(Strategy):
+    """A Message-API Strategy over an ``AlgorithmRounds``, built from ``start``'s ``initial_arrays``.
+
+    Defaults are Flower's FedAvg's (``fraction_train=1.0``, ``min_train_nodes=2``, ``fraction_evaluate=1.0``
+    ...). ``seed`` makes node sampling reproducible; ``max_failed_rounds`` consecutive rounds with every
+    reply rejected stop the run with a ``FederationError`` naming the reason; ``on_round`` gets each
+    round's record (also in ``history``).
+    """
+
+    def __init__(
+        self,
+        *,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_train_nodes: int = 2,
+        min_evaluate_nodes: int = 2,
+        min_available_nodes: int = 2,
+        weighted_by_key: str = "num-examples",
+        arrayrecord_key: str = "arrays",
+        configrecord_key: str = "config",
+        seed: int | None = None,
+        max_failed_rounds: int = MAX_FAILED_ROUNDS,
+        on_round: RoundCallback | None = None,
+    ) -> None:
+        if not 0 < fraction_train <= 1:
+            raise ValueError(f"fraction_train={fraction_train} must be in (0, 1]")
+        if isinstance(min_train_nodes, bool) or not isinstance(min_train_nodes, int) or min_train_nodes < 1:
+            raise ValueError(f"min_train_nodes={min_train_nodes!r} must be an integer >= 1")
+        check_sampling(fraction_evaluate, min_evaluate_nodes, "evaluate")
+        if max_failed_rounds < 1:
+            raise ValueError(f"max_failed_rounds={max_failed_rounds} must be >= 1")
+        self.fraction_train = fraction_train
+        self.fraction_evaluate = fraction_evaluate
+        self.min_train_nodes = min_train_nodes
+        self.min_evaluate_nodes = min_evaluate_nodes
+        self.min_available_nodes = min_available_nodes
+        self.weighted_by_key = weighted_by_key
+        self.arrayrecord_key = arrayrecord_key
+        self.configrecord_key = configrecord_key
+        self.seed = seed
+        self.recorder = RoundRecorder(on_round, max_failed_rounds)
+        self.rounds: AlgorithmRounds | None = None
+        self.template: ArrayRecord | None = None
+        self.float_keys: list[str] = []
+        self.sample_timeout = 600.0
+
+    @abstractmethod
+    def build_rounds(self, arrays: list[np.ndarray], keys: list[str]) -> AlgorithmRounds:
+        """The algorithm over the model's float arrays (in ``keys`` order)."""
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One record per finished round (round 0 is the initial model)."""
+        return self.recorder.history
+
+    def initialize(self, arrays: ArrayRecord) -> None:
+        """Take the global model from an ArrayRecord (say ``ArrayRecord(model.state_dict())``)."""
+        if not isinstance(arrays, ArrayRecord):
+            raise TypeError(f"initial_arrays must be a flwr.app.ArrayRecord, got {type(arrays).__name__}")
+        self.template = arrays
+        self.float_keys = [k for k, a in arrays.items() if is_float(a)]
+        if not self.float_keys:
+            raise ValueError("initial_arrays holds no floating-point array: nothing to train")
+        self.rounds = self.build_rounds([arrays[k].numpy() for k in self.float_keys], self.float_keys)
+        self.rounds.recorder = self.recorder
+
+    def global_record(self) -> ArrayRecord:
+        """The global model under the app's own keys; integer entries as they were given."""
+        assert self.rounds is not None and self.template is not None
+        current = dict(zip(self.float_keys, self.rounds.global_arrays()))
+        return ArrayRecord(
+            array_dict={k: Array(current[k]) if k in current else a for k, a in self.template.items()}
+        )
+
+    def arrays_of(self, record: Any) -> list[np.ndarray]:
+        """A reply's ArrayRecord as the algorithm's list: by the model's keys, or a list record ('0', '1', ...)."""
+        if not isinstance(record, ArrayRecord):
+            raise PayloadError(f"reply has no ArrayRecord under {self.arrayrecord_key!r}")
+        keys = list(record.keys())
+        if keys == [str(i) for i in range(len(keys))]:
+            return record.to_numpy_ndarrays()
+        integer_keys = {k for k, a in self.template.items() if not is_float(a)}
+        missing = [k for k in self.float_keys if k not in record]
+        unexpected = [k for k in keys if k not in self.float_keys and k not in integer_keys]
+        if missing or unexpected:
+            raise PayloadError(f"reply arrays: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+        return [record[k].numpy() for k in self.float_keys]
+
+    def to_reply(self, message: Message) -> Reply:
+        node = str(message.metadata.src_node_id)
+        if message.has_error():
+            return Reply(node, None, 0, {}, error=f"client error: {message.error.reason}")
+        content = message.content
+        record = content.array_records.get(self.arrayrecord_key)
+        metrics = dict(content.metric_records.get("metrics", MetricRecord()))
+        return Reply(
+            client=node,
+            arrays=lambda: self.arrays_of(record),
+            num_examples=metrics.get(self.weighted_by_key),
+            metrics=metrics,
+            nbytes=record_nbytes(record) if isinstance(record, ArrayRecord) else 0,
+        )
+
+    def sample(self, grid: Grid, fraction: float, minimum: int, server_round: int, purpose: str) -> list[int]:
+        """Wait for enough nodes (a deployment's SuperNodes may connect late), then sample by the seed."""
+        needed = max(minimum, self.min_available_nodes)
+        deadline = time.monotonic() + self.sample_timeout
+        while len(nodes := list(grid.get_node_ids())) < needed:
+            if time.monotonic() > deadline:
+                raise ValueError(f"{len(nodes)} nodes connected, {needed} needed: start more SuperNodes")
+            log(INFO, "Waiting for nodes to connect: %d connected (minimum required: %d).", len(nodes), needed)
+            time.sleep(1)
+        return sample_ids(nodes, fraction, minimum, self.seed, server_round, purpose)
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> Sampling: train %.2f (min %d), evaluate %.2f (min %d), seed %s",
+            self.fraction_train, self.min_train_nodes, self.fraction_evaluate, self.min_evaluate_nodes, self.seed)
+        log(INFO, "\t└──> Algorithm: %s", type(self.rounds).__name__ if self.rounds else type(self).__name__)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if self.rounds is None:
+            self.initialize(arrays)
+        self.recorder.start(server_round)
+        nodes = self.sample(grid, self.fraction_train, self.min_train_nodes, server_round, "train")
+        dense = None
+        messages = []
+        for node, (payload, instruction) in zip(nodes, self.rounds.configure(server_round, [str(n) for n in nodes])):
+            if payload is None:
+                dense = dense or self.global_record()
+                record = dense
+            else:
+                record = ArrayRecord(payload)
+            self.recorder.sent(record_nbytes(record))
+            settings = ConfigRecord({**dict(config), **instruction, "server-round": server_round})
+            content = RecordDict({self.arrayrecord_key: record, self.configrecord_key: settings})
+            messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        accepted = validate_replies([self.to_reply(m) for m in replies], self.rounds.decode, self.recorder)
+        applied = self.rounds.aggregate(server_round, accepted) if accepted else []
+        self.rounds.after_round(server_round, applied)
+        train_loss = mean_metric(applied, "train_loss")
+        self.recorder.add(train_loss=train_loss)
+        self.recorder.aggregated(len(applied))
+        if not applied:
+            return None, None
+        metrics = {"accepted": len(applied)} | ({} if train_loss is None else {"train_loss": train_loss})
+        return self.global_record(), MetricRecord(metrics)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if self.fraction_evaluate == 0:
+            return []
+        nodes = self.sample(grid, self.fraction_evaluate, self.min_evaluate_nodes, server_round, "evaluate")
+        settings = ConfigRecord({**dict(config), "server-round": server_round})
+        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: settings})
+        return [Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=n) for n in nodes]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        summary = evaluation_summary([self.to_reply(m) for m in replies], server_round)
+        return MetricRecord(summary) if summary else None
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: MessageEvaluateFn | None = None,
+    ) -> Result:
+        """Flower's ``Strategy.start``; every round also closes a record (``history``, ``on_round``)."""
+        self.initialize(initial_arrays)
+
+        def evaluate_and_record(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            metrics = evaluate_fn(server_round, arrays) if evaluate_fn is not None else None
+            values = dict(metrics) if metrics is not None else {}
+            self.recorder.finish(server_round, values.get("loss"), values)
+            return metrics
+
+        result = super().start(
+            grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, evaluate_and_record
+        )
+        result.arrays = self.global_record()
+        return result
+
+
+def trainable_keys(keys: Sequence[str], trainable: Iterable[str] | None) -> list[bool]:
+    """Per float key, whether it is a parameter: the names given, or every key but normalization statistics."""
+    if trainable is None:
+        return [not k.endswith(BUFFER_SUFFIXES) for k in keys]
+    names = set(trainable)
+    unknown = sorted(names - set(keys))
+    if unknown:
+        raise ValueError(f"trainable names {unknown[:5]} are not floating-point entries of initial_arrays")
+    return [k in names for k in keys]
+
+
+class FedAvg(MessageStrategy):
+    """FedAvg (McMahan et al. 2017) for Message-API apps: weighted average of the clients' models.
+
+    Clients may reply as Flower's quickstart does (``ArrayRecord(model.state_dict())`` and
+    ``"num-examples"``), or through ``flwr_privacy.clients.message.fedavg_train``. ``dtype`` is the
+    uplink's value dtype (``"float16"`` halves it). Every other argument is ``MessageStrategy``'s.
+    """
+
+    def __init__(self, *, dtype: str = "float32", **options: Any) -> None:
+        super().__init__(**options)
+        self.dtype = dtype
+
+    def build_rounds(self, arrays: list[np.ndarray], keys: list[str]) -> AlgorithmRounds:
+        return FedAvgRounds(arrays, self.dtype)
+
+
+class DGC(MessageStrategy):
+    """Deep Gradient Compression (Lin et al. 2018) for Message-API apps; clients use ``dgc_train``.
+
+    Args:
+        lr: the server's SGD step size.
+        config: DGC's settings (``DGCConfig()`` by default), sent to the clients with every message.
+        value_dtype: the uplink's value dtype. downlink: ``"dense"`` or ``"sparse"``.
+        trainable: names of the parameters; by default every float entry but normalization statistics.
+        **options: ``MessageStrategy``'s (``fraction_train``, ``min_train_nodes``, ``seed`` ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        lr: float,
+        config: DGCConfig | None = None,
+        value_dtype: str = "float32",
+        downlink: str = "dense",
+        trainable: Iterable[str] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self.lr, self.config, self.value_dtype, self.downlink = lr, config or DGCConfig(), value_dtype, downlink
+        self.trainable = None if trainable is None else list(trainable)
+        check_server_arguments(lr, downlink)
+
+    def build_rounds(self, arrays: list[np.ndarray], keys: list[str]) -> AlgorithmRounds:
+        mask = trainable_keys(keys, self.trainable)
+        return DGCRounds(arrays, mask, self.config, self.lr, self.value_dtype, self.downlink)
+
+
+class DSSGD(MessageStrategy):
+    """Distributed Selective SGD (Shokri & Shmatikov 2015) for Message-API apps; clients use ``dssgd_train``.
+
+    Args:
+        config: DSSGD's settings (``DSSGDConfig()`` by default), sent to the participants with every message.
+        value_dtype: the uplink's value dtype.
+        trainable: names of the parameters; by default every float entry but normalization statistics.
+        **options: ``MessageStrategy``'s (``fraction_train``, ``min_train_nodes``, ``seed`` ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: DSSGDConfig | None = None,
+        value_dtype: str = "float32",
+        trainable: Iterable[str] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self.config, self.value_dtype = config or DSSGDConfig(), value_dtype
+        self.trainable = None if trainable is None else list(trainable)
+
+    def build_rounds(self, arrays: list[np.ndarray], keys: list[str]) -> AlgorithmRounds:
+        return DSSGDRounds(arrays, trainable_keys(keys, self.trainable), self.config, self.value_dtype)
