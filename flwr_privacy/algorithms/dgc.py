@@ -35,7 +35,8 @@ class DGCConfig:
     """DGC's settings; each technique of the paper's Table 1 has its own switch, for ablations.
 
     As a run config writes them, ``warmup_sparsities`` may be a comma-separated string and
-    ``clip_norm`` 0 means no clipping.
+    ``clip_norm`` 0 means no clipping. Left unset, ``warmup_sparsities`` is the paper's schedule
+    (75 %, 93.75 %, 98.4375 %, 99.6 %, 99.9 %) up to ``final_sparsity``.
     """
 
     momentum: float = 0.9
@@ -46,7 +47,7 @@ class DGCConfig:
     clip_norm: float | None = None
     num_workers: int = 1
     final_sparsity: float = 0.999
-    warmup_sparsities: tuple[float, ...] = PAPER_WARMUP_SPARSITIES
+    warmup_sparsities: tuple[float, ...] | None = None
     warmup_rounds_per_stage: int = 1
     selection: str = "sampled"
     sample_ratio: float = 0.01
@@ -55,6 +56,8 @@ class DGCConfig:
     def __post_init__(self) -> None:
         # Hydra hands over lists and run configs strings; a tuple keeps the config hashable and unchanging.
         schedule = self.warmup_sparsities
+        if schedule is None:
+            schedule = [s for s in PAPER_WARMUP_SPARSITIES if s <= self.final_sparsity]
         if isinstance(schedule, str):
             schedule = [v for v in schedule.split(",") if v.strip()]
         try:

@@ -273,3 +273,9 @@ def test_run_config_forms_are_read_as_written_there() -> None:
     assert config.warmup_sparsities == (0.75, 0.9) and config.clip_norm is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.momentum = 0.5  # type: ignore[misc]
+
+
+def test_the_default_warmup_is_the_papers_schedule_up_to_the_final_sparsity():
+    assert DGCConfig().warmup_sparsities == (0.75, 0.9375, 0.984375, 0.996, 0.999)
+    assert DGCConfig(final_sparsity=0.99).warmup_sparsities == (0.75, 0.9375, 0.984375)
+    assert DGCConfig(final_sparsity=0.5).sparsity_at(0) == 0.5

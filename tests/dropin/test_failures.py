@@ -1,0 +1,73 @@
+"""Loud failure and reproducible sampling, with the user's quickstart app on the other end."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+from flwr.app import Context, RecordDict
+
+from flwr_privacy.strategies import DGC as LegacyDGC
+from flwr_privacy.strategies.base import FederationError
+from flwr_privacy.strategies.message import DGC, FedAvg
+from flwr_privacy.algorithms.dgc import DGCConfig
+from flwr_privacy.wire import model_to_arrays, trainable_mask
+
+
+def test_a_run_whose_every_reply_is_rejected_stops_with_the_reason(quickstart, caplog):
+    """The server swapped to DGC, the client left as the quickstart wrote it: its dense model is no DGC update."""
+    net = quickstart.task.Net()
+    initial = ArrayRecord(net.state_dict())
+    strategy = DGC(lr=0.1, max_failed_rounds=3)
+    with caplog.at_level(logging.ERROR), pytest.raises(FederationError) as raised:
+        strategy.start(grid=quickstart.grid(), initial_arrays=initial, num_rounds=10, train_config=ConfigRecord({"lr": 0.01}))
+    message = str(raised.value)
+    assert message.startswith("3 rounds in a row rejected every client reply (round 3: 4 of 4)")
+    assert "expected 4 arrays" in message and "\n" not in message
+    # One line per round and distinct reason, not one per client (4 clients, the same reason).
+    every = [r.getMessage() for r in caplog.records if "every reply rejected" in r.getMessage()]
+    assert len(every) == 3 and all("4 x " in line for line in every)
+    # Nothing was applied: the global model is the initial one.
+    for key, array in strategy.global_record().items():
+        np.testing.assert_array_equal(array.numpy(), initial[key].numpy())
+
+
+def test_a_legacy_strategy_with_a_message_api_client_fails_loudly(quickstart):
+    """The issue's 'KeyError: arrays' run: it used to log tracebacks for every round and exit 0."""
+    net = quickstart.task.Net()
+    strategy = LegacyDGC(
+        initial_arrays=model_to_arrays(net), trainable=trainable_mask(net), config=DGCConfig(), lr=0.1
+    )
+    server = ServerApp(config=ServerConfig(num_rounds=5), strategy=strategy)
+    context = Context(run_id=0, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    with pytest.raises(FederationError, match=r"3 rounds in a row .*KeyError: 'arrays'"):
+        server(quickstart.grid(), context)
+    assert [r["accepted"] for r in strategy.history[1:]] == [0, 0]  # round 3 raised before its record
+
+
+def sampled(grid) -> list[list[int]]:
+    """The nodes each training round went to, as the grid delivered them."""
+    pushes: dict[int, list[int]] = {}
+    for push, kind, node, _ in grid.carried:
+        if kind == "train":
+            pushes.setdefault(push, []).append(node)
+    return list(pushes.values())
+
+
+def test_sampling_follows_the_seed(quickstart):
+    def run(seed: int):
+        quickstart.task.torch.manual_seed(0)
+        grid = quickstart.grid(num_nodes=8)
+        strategy = FedAvg(fraction_train=0.25, fraction_evaluate=0.0, seed=seed)
+        initial = ArrayRecord(quickstart.task.Net().state_dict())
+        strategy.start(grid=grid, initial_arrays=initial, num_rounds=4, train_config=ConfigRecord({"lr": 0.01}))
+        records = [{k: v for k, v in r.items() if k != "wall_time_s"} for r in strategy.history]
+        return sampled(grid), records
+
+    first, again, other = run(seed=7), run(seed=7), run(seed=8)
+    assert first == again
+    assert len(first[0]) == 4 and all(len(nodes) == 2 for nodes in first[0])
+    assert other[0] != first[0]
