@@ -1,13 +1,22 @@
-"""Run the Flower App with ``flwr run`` as a local simulation, and clean up after it.
+"""Run a Flower App with ``flwr run`` as a local simulation, judge how it ended, and clean up after it.
 
 ``flwr run`` against the ``local`` connection starts a SuperLink that keeps running after the run;
 this module gives each call its own ``FLWR_HOME`` and stops that SuperLink when the run is over.
-``flwr run --stream`` can exit 0 when the run failed, so success is judged by the result rows.
+``flwr run --stream`` exits 0 even when the ServerApp failed (Flower 1.42), so the run's status is
+read back from the SuperLink (``flwr ls --run-id``): a run that did not finish completed raises
+``FlowerRunError`` with the SuperLink's one-line reason. As a command, for any app (exit status 1
+and one line on failure)::
+
+    python -m experiments.flower_run path/to/app --federation-config "num-supernodes=4" \
+        --run-config 'num-server-rounds=5'
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,6 +76,57 @@ def stop_superlink(flwr_home: Path, timeout: float = 10.0) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def run_app(
+    app_dir: Path,
+    run_config: str | Path | None = None,
+    federation_config: str = "num-supernodes=2",
+    flwr: str | Path | None = None,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """``flwr run app_dir --stream`` in a private FLWR_HOME; returns the run's record from ``flwr ls``.
+
+    ``run_config`` is what ``--run-config`` takes (a TOML file or ``key=value`` pairs); ``flwr`` the
+    executable (default: the one beside this Python). Output streams to this process's stdout.
+    Raises ``FlowerRunError`` unless the run finished completed.
+    """
+    flwr = str(flwr or Path(sys.executable).parent / "flwr")
+    with tempfile.TemporaryDirectory(prefix="flwr-home-") as home:
+        env = dict(os.environ, FLWR_HOME=home, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+        env["PATH"] = f"{Path(flwr).parent}{os.pathsep}{env.get('PATH', '')}"
+        command = [flwr, "run", str(app_dir), "--federation-config", federation_config, "--stream"]
+        if run_config:
+            command += ["--run-config", str(run_config)]
+        run_id = None
+        try:
+            with subprocess.Popen(
+                command, env=env, cwd=app_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            ) as proc:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                for line in proc.stdout:
+                    sys.stdout.write(line)
+                    if run_id is None and (found := re.search(r"Successfully started run (\d+)", line)):
+                        run_id = found.group(1)
+                    if deadline is not None and time.monotonic() > deadline:
+                        proc.kill()
+                        raise FlowerRunError(f"the Flower run took longer than {timeout} s")
+            if run_id is None:
+                raise FlowerRunError(f"flwr run started no run (exit status {proc.returncode}); see its output above")
+            listed = subprocess.run(
+                [flwr, "ls", "--run-id", run_id, "--format", "json"],
+                env=env, cwd=app_dir, capture_output=True, text=True, check=False,
+            )
+        finally:
+            stop_superlink(Path(home))
+    try:
+        record = json.loads(listed.stdout)["runs"][0]
+    except (ValueError, KeyError, IndexError):
+        raise FlowerRunError(f"cannot read the status of run {run_id}: {listed.stdout or listed.stderr}") from None
+    if record.get("status") != "finished:completed":
+        details = " ".join(str(record.get("status-details") or "no details given").split())
+        raise FlowerRunError(f"the Flower run {record.get('status')}: {details}")
+    return record
+
+
 def flwr_run(
     run_config: dict[str, Any],
     num_supernodes: int,
@@ -75,7 +135,7 @@ def flwr_run(
     app_dir: Path = PROJECT_ROOT,
     timeout: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the app with these run-config overrides; returns the result rows it wrote.
+    """Run this repository's app with these run-config overrides; returns the result rows it wrote.
 
     ``run_config`` must hold an absolute ``output-dir``. Output streams to this process's stdout.
     """
@@ -83,29 +143,13 @@ def flwr_run(
     if not output_dir.is_absolute():
         raise ValueError(f"output-dir={str(output_dir)!r} must be absolute for a flwr run")
     output_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="flwr-home-") as home:
-        flwr_home = Path(home)
-        env = dict(os.environ, FLWR_HOME=home, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        federation = (
-            f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client} "
-            f"client-resources-num-gpus={gpus_per_client}"
-        )
-        overrides = write_run_config(run_config, flwr_home / "run-config.toml")
-        command = [
-            str(Path(sys.executable).parent / "flwr"),
-            "run",
-            str(app_dir),
-            "--run-config",
-            str(overrides),
-            "--federation-config",
-            federation,
-            "--stream",
-        ]
-        try:
-            subprocess.run(command, env=env, cwd=app_dir, check=False, timeout=timeout)
-        finally:
-            stop_superlink(flwr_home)
+    federation = (
+        f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client} "
+        f"client-resources-num-gpus={gpus_per_client}"
+    )
+    with tempfile.TemporaryDirectory(prefix="flwr-run-config-") as folder:
+        overrides = write_run_config(run_config, Path(folder) / "run-config.toml")
+        run_app(app_dir, overrides, federation, timeout=timeout)
     rows_file = output_dir / "rounds.json"
     if not rows_file.exists():
         raise FlowerRunError(f"the Flower run wrote no results to {rows_file}; see its log above")
@@ -115,3 +159,23 @@ def flwr_run(
         last = rows[-1]["round"] if rows else None
         raise FlowerRunError(f"the Flower run stopped at round {last} of {num_rounds}; see its log above")
     return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="flwr run, with the run's own status as the exit status")
+    parser.add_argument("app_dir", type=Path)
+    parser.add_argument("--run-config", default=None)
+    parser.add_argument("--federation-config", default="num-supernodes=2")
+    parser.add_argument("--flwr", default=None, help="the flwr executable (default: beside this Python)")
+    args = parser.parse_args(argv)
+    try:
+        record = run_app(args.app_dir.resolve(), args.run_config, args.federation_config, args.flwr)
+    except FlowerRunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"run {record['run-id']} {record['status']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

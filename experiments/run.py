@@ -11,6 +11,7 @@ The run's folder (printed at the end) holds rounds.csv, rounds.json, accuracy.pn
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.client_app import client_fn
 from experiments.federation import make_strategy, validate_run_config
-from experiments.flower_run import flwr_run
+from experiments.flower_run import FlowerRunError, flwr_run
 from experiments.inprocess import make_federation, run_inprocess
 from experiments.results import ResultsWriter, plot_rounds
 from flwr_privacy.data import check_data
+from flwr_privacy.strategies.base import FederationError
 
 RUNNER_ONLY = ("simulation", "experiment", "baseline")
 BACKENDS = ("flwr", "inprocess")
@@ -61,6 +63,15 @@ def summarise(rows: list[dict[str, Any]]) -> str:
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    """One line and exit status 1 for what a user can fix (a config value, data) or a failed run."""
+    try:
+        run(cfg)
+    except (ValueError, FlowerRunError, FederationError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+def run(cfg: DictConfig) -> None:
     run_config = to_run_config(cfg)
     run_config["output-dir"] = HydraConfig.get().runtime.output_dir
     config = validate_run_config(run_config)

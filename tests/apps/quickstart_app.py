@@ -38,7 +38,7 @@ SWAPS: dict[str, dict[str, list[tuple[str, str]]]] = {
     "dgc": {
         "quickstart/server_app.py": [
             (IMPORT, "from flwr_privacy.strategies.message import DGC, DGCConfig"),
-            (CONSTRUCT, "    strategy = DGC(lr=0.1, config=DGCConfig(final_sparsity=0.99), fraction_train=fraction_train)"),
+            (CONSTRUCT, "    strategy = DGC(lr=0.05, config=DGCConfig(final_sparsity=0.99), fraction_train=fraction_train)"),
         ],
         "quickstart/client_app.py": [
             (CLIENT_IMPORT, CLIENT_IMPORT + "\nfrom flwr_privacy.clients.message import dgc_train"),

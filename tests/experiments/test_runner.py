@@ -35,6 +35,7 @@ def test_bad_config_stops_before_training_and_names_the_key(overrides, message, 
     result = run(*overrides, tmp_path=tmp_path)
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "rounds.json").exists()
 
 
