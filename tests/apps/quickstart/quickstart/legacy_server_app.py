@@ -38,7 +38,7 @@ def server_fn(context: Context) -> ServerAppComponents:
     if algorithm == "fedavg":
         strategy = FedAvg(**common)
     elif algorithm == "dgc":
-        strategy = DGC(**common, trainable=trainable_mask(net), config=DGCConfig(final_sparsity=0.99), lr=0.1)
+        strategy = DGC(**common, trainable=trainable_mask(net), config=DGCConfig(final_sparsity=0.99), lr=0.05)
     else:
         strategy = DSSGD(**common, trainable=trainable_mask(net), config=DSSGDConfig(gamma=0.01))
     num_rounds = context.run_config["num-server-rounds"]
