@@ -48,6 +48,8 @@ from flwr_privacy.strategies.dgc import DGCRounds, check_server_arguments
 from flwr_privacy.strategies.dssgd import DSSGDRounds
 from flwr_privacy.strategies.fedavg import FedAvgRounds
 
+__all__ = ["DGC", "DGCConfig", "DSSGD", "DSSGDConfig", "FedAvg", "MessageStrategy"]
+
 # State entries that are buffers, not parameters, when a strategy is not told which are trainable:
 # what torch's normalization layers register.
 BUFFER_SUFFIXES = ("running_mean", "running_var")
