@@ -8,6 +8,7 @@ multi-GB install. Nothing of this repository is on its path.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -29,8 +30,12 @@ pytestmark = pytest.mark.slow
 def fresh_env(tmp_path_factory) -> Path:
     """A new venv with this project's wheel; returns its site-packages."""
     root = tmp_path_factory.mktemp("wheel")
+    # A copy of the source, so that setuptools' build/ folder neither lands in the checkout nor feeds a stale
+    # file into the wheel.
+    skip = (".venv", ".git", ".gpu", "build", "outputs", "multirun", "*.egg-info", "__pycache__", ".pytest_cache")
+    shutil.copytree(ROOT, root / "src", ignore=shutil.ignore_patterns(*skip))
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(root / "dist"), str(ROOT)],
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(root / "dist"), str(root / "src")],
         check=True, capture_output=True,
     )
     (wheel,) = (root / "dist").glob("flwr_privacy-*.whl")
