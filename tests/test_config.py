@@ -18,7 +18,6 @@ def test_defaults_match_the_apps_run_config():
 @pytest.mark.parametrize(
     "overrides,match",
     [
-        ({"strategy": "fedprox"}, r"strategy='fedprox' is unknown; allowed: \['fedavg'"),
         ({"dataset": "imagenet"}, r"dataset='imagenet' is unknown; allowed"),
         ({"fraction-fit": 0.0}, r"fraction-fit=0.0 must be in \(0, 1\]"),
         ({"fraction-fit": 1.5}, r"fraction-fit=1.5 must be in \(0, 1\]"),
