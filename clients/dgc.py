@@ -1,9 +1,9 @@
 """DGC's client (Lin et al., ICLR 2018, Algorithm 1): gradients through the DGC memory, top-k out.
 
-Each round: take the global model (dense, or overwrite the entries a sparse downlink names), compute
-``local_steps`` mini-batch gradients at it with the user's loss, pass each through the memory
-(clipping, weight decay, momentum correction, accumulation), send the top-k of the accumulated v, and
-mask what was sent. DGC's settings come with every instruction from the strategy. u and v live in
+Each round: take the global model (dense, or overwrite the entries a sparse downlink names), spend
+``local_steps`` mini-batches with the user's loss through the memory (clipping, momentum correction,
+accumulation; as gradient accumulation or local SGD, ``DGCConfig.local_update``), send the top-k of
+the accumulated v (tensors of one dimension whole), and mask what was sent. DGC's settings come with every instruction from the strategy. u and v live in
 ``context.state`` and persist across rounds, also across rounds the client sits out.
 """
 
@@ -17,7 +17,7 @@ import torch
 from flwr.common import NDArrays, RecordDict, Scalar
 from torch import nn
 
-from flwr_privacy.algorithms.dgc import DGCConfig, DGCMemory
+from flwr_privacy.algorithms.dgc import DGCConfig, DGCMemory, dense_tensors, local_round
 from flwr_privacy.clients.base import TrainingClient, check_trainable_numel, server_round
 from flwr_privacy.clients.state import load_arrays, save_arrays
 from flwr_privacy.compression.dense import DenseCodec
@@ -96,21 +96,27 @@ class DGCClient(TrainingClient):
         value_dtype = str(config.get("wire_dtype", "float32"))
         sparsity = float(config["sparsity"])
         self.receive_model(parameters, config)
-        memory = DGCMemory(dgc, self.segments, self.device)
+        dense = dense_tensors([tuple(p.shape) for p in self.model.parameters()], dgc)
+        memory = DGCMemory(dgc, self.segments, self.device, dense)
         saved = load_arrays(self.state, MEMORY_KEY)
         if saved is not None:
             memory.load_state_dict(dict(zip(("u", "v"), saved)))
         generator = torch.Generator().manual_seed(self.seed * 100_003 + server_round(config))
-        weights = torch.cat([p.detach().reshape(-1) for p in self.model.parameters()])
-        losses = []
+        losses: list[float] = []
         steps = self.mini_batches(generator)
-        for _ in range(self.local_steps):
+
+        def gradient_at(weights: torch.Tensor) -> torch.Tensor:
+            torch.nn.utils.vector_to_parameters(weights, self.model.parameters())
             x, y = next(steps)
             if self.augment:
                 x = augment_batch(x, generator)
             grad, loss = flat_gradient(self.model, x, y, self.loss_fn)
-            memory.accumulate(grad, weights)
             losses.append(loss)
+            return grad
+
+        start = torch.nn.utils.parameters_to_vector(self.model.parameters()).detach()
+        local_round(memory, gradient_at, start, self.local_steps, float(config.get("server_lr", 0.0)))
+        torch.nn.utils.vector_to_parameters(start, self.model.parameters())
         indices, values = memory.compress_and_mask(sparsity, generator)
         state = memory.state_dict()
         save_arrays(self.state, MEMORY_KEY, [state["u"], state["v"]])

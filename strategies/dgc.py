@@ -3,9 +3,10 @@
 Per round: the server sends the global model (dense, or as a sparse delta to clients that hold an
 earlier version), the round's warm-up sparsity and DGC's settings; each client returns its top-k
 selection of the accumulated, momentum-corrected gradient; the server averages the sparse updates
-weighted by examples and applies them with a plain SGD step (the momentum lives on the clients; with
-momentum correction off, the paper's Eq. 5 baseline, the server applies it instead). A round with
-sparsity 0 is dense momentum SGD: clients then send every value without indices.
+weighted by examples and applies them with ``DGCServer``'s step (SGD where the clients hold the
+momentum; momentum on the tensors sent whole, and everywhere without momentum correction, the paper's
+Eq. 5 baseline; weight decay, dense). A round with sparsity 0 is dense momentum SGD: clients then send
+every value without indices.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flwr_privacy.algorithms.dgc import DGCConfig, apply_momentum_update, apply_update, average_sparse
+from flwr_privacy.algorithms.dgc import DGCConfig, DGCServer, average_sparse
 from flwr_privacy.algorithms.fedavg import weighted_average
 from flwr_privacy.compression.dense import DenseCodec
 from flwr_privacy.compression.model_update import SparseUpdateCodec
@@ -59,7 +60,8 @@ class DGCRounds(AlgorithmRounds):
         self.config, self.lr, self.downlink, self.value_dtype = config, lr, downlink, value_dtype
         self.trainable = list(trainable)
         self.weights, self.buffers = split_trainable(self.initial_arrays, self.trainable)
-        self.velocity = torch.zeros_like(self.weights)
+        parameter_shapes = [shape for shape, t in zip(self.shapes, self.trainable) if t]
+        self.server = DGCServer(self.weights, parameter_shapes, config, lr)
         dense_shapes = buffer_shapes(self.shapes, self.trainable)
         self.sparse_codec = SparseUpdateCodec(self.weights.numel(), dense_shapes, value_dtype)
         # The downlink overwrites the clients' copies with these values: float32 whatever the uplink's
@@ -73,7 +75,12 @@ class DGCRounds(AlgorithmRounds):
         self.round_sparsity = config.sparsity_at(0)
 
     def settings(self) -> Config:
-        return {**to_section("dgc", self.config), "wire_dtype": self.value_dtype, "trainable_numel": self.weights.numel()}
+        return {
+            **to_section("dgc", self.config),
+            "wire_dtype": self.value_dtype,
+            "trainable_numel": self.weights.numel(),
+            "server_lr": self.lr,  # the step of a client's local SGD (local_update="local_sgd")
+        }
 
     def global_arrays(self) -> list[np.ndarray]:
         return join_trainable(self.weights, self.buffers, self.shapes, self.trainable)
@@ -133,12 +140,7 @@ class DGCRounds(AlgorithmRounds):
         examples = [a.num_examples for a in accepted]
         update = average_sparse([(a.payload[0], a.payload[1]) for a in accepted], examples, self.weights.numel())
         before = self.weights
-        if self.config.server_momentum > 0:
-            self.weights, self.velocity = apply_momentum_update(
-                before, self.velocity, update, self.lr, self.config.server_momentum
-            )
-        else:
-            self.weights = apply_update(before, update, self.lr)
+        self.weights = self.server.step(update)
         if self.buffers:
             self.buffers = weighted_average([a.payload[2] for a in accepted], examples)
         if self.downlink == "sparse":

@@ -1,18 +1,23 @@
 """Deep Gradient Compression (Lin, Han, Mao, Wang, Dally, ICLR 2018, arXiv 1712.01887): a client's memory.
 
 A client keeps, over the flat vector of its model, the momentum ``u`` and the accumulated gradient
-``v`` of Eq. 7. Per mini-batch it clips the gradient (local gradient clipping, sec. 3.2), adds weight
-decay, and folds the result into ``u`` and ``v`` (momentum correction, sec. 3.2); per round it sends
-the largest entries of ``v`` layer by layer (Algorithm 1, at the round's warm-up sparsity, sec. 3.3)
-and clears what it sent from ``v`` and, with momentum factor masking (sec. 3.3, Eq. 8), from ``u``.
-The server averages the sparse updates and takes a plain SGD step: the momentum already lives in the
-clients' ``v``, and a server momentum on top would apply it twice.
+``v`` of Eq. 7. Per step it clips the gradient (local gradient clipping, sec. 3.2) and folds it into
+``u`` and ``v`` (momentum correction, sec. 3.2); per round it sends the largest entries of ``v`` layer
+by layer (Algorithm 1, at the round's warm-up sparsity, sec. 3.3) and clears what it sent from ``v``
+and, with momentum factor masking (sec. 3.3, Eq. 8), from ``u``.
+
+As in the reference implementation (synxlin/deep-gradient-compression), only tensors of more than one
+dimension are compressed: the others (biases, batch-norm weights) and any tensor smaller than
+``dense_below`` go whole, as their raw accumulated gradient, and get their momentum on the server after
+averaging (``DGCServer``), unmasked. Weight decay is the server's too, applied densely every round and
+not to those one-dimensional tensors. The server averages the updates and takes an SGD step, with
+momentum only where the clients kept none (a momentum on top of ``v`` would apply it twice).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +27,9 @@ from flwr_privacy.compression.topk import select_sampled_threshold, select_topk
 from flwr_privacy.privacy.clipping import clip_by_l2_norm
 
 SELECTIONS = ("topk", "sampled")
+# How a client spends local_steps mini-batches in a round: the reference's gradient accumulation (their
+# gradients at the round's weights summed into one step), or local SGD (a momentum-SGD step after each).
+LOCAL_UPDATES = ("accumulate", "local_sgd")
 # The paper's warm-up (sec. 3.3): sparsity rises exponentially, about 1 - 0.25^(e+1), to 99.9 %.
 PAPER_WARMUP_SPARSITIES = (0.75, 0.9375, 0.984375, 0.996, 0.999)
 
@@ -52,6 +60,8 @@ class DGCConfig:
     selection: str = "sampled"
     sample_ratio: float = 0.01
     dense_below: int = 0
+    compress_vectors: bool = False
+    local_update: str = "accumulate"
 
     def __post_init__(self) -> None:
         # Hydra hands over lists and run configs strings; a tuple keeps the config hashable and unchanging.
@@ -89,6 +99,8 @@ class DGCConfig:
             raise _invalid("sample_ratio", self.sample_ratio, "must be in (0, 1]")
         if not (isinstance(self.dense_below, int) and self.dense_below >= 0):
             raise _invalid("dense_below", self.dense_below, "must be an integer >= 0")
+        if self.local_update not in LOCAL_UPDATES:
+            raise _invalid("local_update", self.local_update, f"allowed: {LOCAL_UPDATES}")
 
     def _check_schedule(self) -> None:
         schedule = self.warmup_sparsities + (self.final_sparsity,)
@@ -118,11 +130,6 @@ class DGCConfig:
                 " and without accumulation nothing is delayed",
             )
 
-    @property
-    def server_momentum(self) -> float:
-        """Momentum the server applies: 0 with momentum correction (Eq. 7), ``momentum`` without it (Eq. 5)."""
-        return 0.0 if self.momentum_correction else self.momentum
-
     def sparsity_at(self, round_index: int) -> float:
         """Warm-up sparsity (sec. 3.3) of the 0-based round: each schedule entry for warmup_rounds_per_stage
         rounds (the paper's stage is an epoch: set it to the rounds one pass over the data takes), then final."""
@@ -140,54 +147,90 @@ def kept_count(numel: int, sparsity: float) -> int:
     return max(1, math.ceil(round((1 - sparsity) * numel, 6)))
 
 
-class DGCMemory:
-    """One client's u (momentum) and v (accumulated gradient) over a flat model, per Algorithm 1 and Eq. 7."""
+def dense_tensors(shapes: Sequence[Sequence[int]], config: DGCConfig) -> list[bool]:
+    """Per parameter tensor, whether it travels whole: one-dimensional (unless ``compress_vectors``), as
+    the reference compresses only tensors of more than one dimension, or smaller than ``dense_below``."""
+    return [
+        (len(shape) <= 1 and not config.compress_vectors) or math.prod(shape) < config.dense_below
+        for shape in shapes
+    ]
 
-    def __init__(self, config: DGCConfig, segments: Sequence[int], device: torch.device | str = "cpu") -> None:
+
+def decayed_tensors(shapes: Sequence[Sequence[int]]) -> list[bool]:
+    """Per parameter tensor, whether weight decay applies: not to biases and batch-norm weights (1-D)."""
+    return [len(shape) > 1 for shape in shapes]
+
+
+def per_entry(flags: Sequence[bool], segments: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """A per-tensor flag spread over the flat vector's entries."""
+    return torch.repeat_interleave(
+        torch.tensor(list(flags), dtype=torch.bool), torch.tensor(list(segments), dtype=torch.long)
+    ).to(device)
+
+
+class DGCMemory:
+    """One client's u (momentum) and v (accumulated gradient) over a flat model, per Algorithm 1 and Eq. 7.
+
+    ``dense`` marks, per tensor, those sent whole with their raw gradient (``dense_tensors``); by default
+    the tensors smaller than ``dense_below``.
+    """
+
+    def __init__(
+        self,
+        config: DGCConfig,
+        segments: Sequence[int],
+        device: torch.device | str = "cpu",
+        dense: Sequence[bool] | None = None,
+    ) -> None:
         segments = tuple(int(n) for n in segments)
         if not segments or any(n < 1 for n in segments):
             raise ValueError(f"segments={segments!r} is invalid: need at least one tensor size, each >= 1")
+        dense = [n < config.dense_below for n in segments] if dense is None else list(dense)
+        if len(dense) != len(segments):
+            raise ValueError(f"dense has {len(dense)} flags for {len(segments)} tensors")
         self.config = config
         self.segments = segments
+        self.dense = dense
         self.numel = sum(segments)
+        self.compressed = ~per_entry(dense, segments, device)
         self.u = torch.zeros(self.numel, device=device)
         self.v = torch.zeros(self.numel, device=device)
 
     def clip_gradient(self, grad: torch.Tensor) -> torch.Tensor:
-        """Local gradient clipping (sec. 3.2): L2 norm to clip_norm * N^(-1/2), N the number of workers."""
+        """Local gradient clipping (sec. 3.2) of a client's mean gradient: L2 norm to clip_norm * N^(1/2).
+
+        The paper clips G^k = (1 / (N b)) sum of sample gradients to thr * N^(-1/2), so that the sum over
+        N nodes stays near thr; a local mean gradient is N G^k and the server averages, hence N^(+1/2).
+        """
         if self.config.clip_norm is None:
             return grad
-        return clip_by_l2_norm(grad, self.config.clip_norm * self.config.num_workers**-0.5)
+        return clip_by_l2_norm(grad, self.config.clip_norm * self.config.num_workers**0.5)
 
-    def add_weight_decay(self, grad: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """g + weight_decay * w, added locally so the decay is accumulated and sparsified with the gradient."""
-        if self.config.weight_decay == 0:
-            return grad
-        return grad + self.config.weight_decay * weights
+    def momentum_correction(self, grad: torch.Tensor) -> torch.Tensor:
+        """Momentum correction (Eq. 7): u <- m u + g; v <- v + u on compressed tensors; returns v's increase."""
+        self.u.mul_(self.config.momentum).add_(torch.where(self.compressed, grad, 0.0))
+        step = torch.where(self.compressed, self.u, grad)
+        self.v.add_(step)
+        return step
 
-    def momentum_correction(self, grad: torch.Tensor) -> None:
-        """Momentum correction (Eq. 7): u <- m u + g; v <- v + u, so v accumulates the momentum-SGD step."""
-        self.u.mul_(self.config.momentum).add_(grad)
-        self.v.add_(self.u)
-
-    def gradient_accumulation(self, grad: torch.Tensor) -> None:
+    def gradient_accumulation(self, grad: torch.Tensor) -> torch.Tensor:
         """Ablation without momentum correction (Eq. 5): v <- v + g, the raw gradient accumulates.
 
         The paper's baseline applies momentum after sparsification, to the sum of the sparse updates
         (u_t = m u_{t-1} + sum_k sparse(v_k); w <- w - lr u_t), so it is the server's to apply: see
-        DGCConfig.server_momentum and apply_momentum_update. The client keeps no u in this mode.
+        DGCServer. The client keeps no u in this mode.
         """
         self.v.add_(grad)
+        return grad
 
-    def accumulate(self, grad: torch.Tensor, weights: torch.Tensor) -> None:
-        """One mini-batch (Algorithm 1's inner loop, Eq. 7): clip, add weight decay, then fold into u and v."""
-        grad = self._check_flat("grad", grad)
-        weights = self._check_flat("weights", weights)
-        grad = self.add_weight_decay(self.clip_gradient(grad), weights)
+    def accumulate(self, grad: torch.Tensor) -> torch.Tensor:
+        """One step (Algorithm 1's inner loop, Eq. 7): clip, then fold into u and v; returns v's increase
+        (the step a local SGD takes). Tensors sent whole accumulate the raw gradient: their momentum is the
+        server's."""
+        grad = self.clip_gradient(self._check_flat("grad", grad))
         if self.config.momentum_correction:
-            self.momentum_correction(grad)
-        else:
-            self.gradient_accumulation(grad)
+            return self.momentum_correction(grad)
+        return self.gradient_accumulation(grad)
 
     def compress(
         self, sparsity: float, generator: torch.Generator | None = None
@@ -197,10 +240,9 @@ class DGCMemory:
             raise ValueError(f"sparsity={sparsity!r} is invalid: must be in [0, 1)")
         chosen = []
         offset = 0
-        for size in self.segments:
+        for size, dense in zip(self.segments, self.dense):
             part = self.v[offset : offset + size]
-            if size < self.config.dense_below:
-                # Small tensors (biases, batch norm) cost little and are sent whole, as the reference code does.
+            if dense:
                 local = torch.arange(size, device=self.v.device)
             else:
                 local = self._select(part, kept_count(size, sparsity), generator)
@@ -228,7 +270,7 @@ class DGCMemory:
 
     def num_selected(self, sparsity: float) -> int:
         """Entries compress sends at this sparsity: the sum over tensors of kept_count (or all, if dense)."""
-        return sum(n if n < self.config.dense_below else kept_count(n, sparsity) for n in self.segments)
+        return sum(n if dense else kept_count(n, sparsity) for n, dense in zip(self.segments, self.dense))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """u and v as float32 NumPy copies, to survive between rounds in the client's context state."""
@@ -255,6 +297,35 @@ class DGCMemory:
         return x.to(device=self.v.device, dtype=self.v.dtype)
 
 
+def local_round(
+    memory: DGCMemory,
+    gradient_at: Callable[[torch.Tensor], torch.Tensor],
+    weights: torch.Tensor,
+    steps: int,
+    lr: float,
+) -> torch.Tensor:
+    """A client's ``steps`` mini-batches of one round, through the memory; returns the local weights after.
+
+    ``gradient_at(w)`` is the next mini-batch's gradient at weights ``w``. With ``local_update`` =
+    ``accumulate`` (the reference's gradient accumulation) every gradient is taken at the round's weights
+    and their sum makes one step; with ``local_sgd`` each gradient is taken where the previous local
+    momentum-SGD step (w <- w - lr * what v gained) left the weights.
+    """
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be >= 1")
+    if memory.config.local_update == "accumulate":
+        total = gradient_at(weights)
+        for _ in range(steps - 1):
+            total = total + gradient_at(weights)
+        memory.accumulate(total)
+        return weights
+    if not lr > 0:
+        raise ValueError(f"lr={lr} must be > 0 for local SGD")
+    for _ in range(steps):
+        weights = weights - lr * memory.accumulate(gradient_at(weights))
+    return weights
+
+
 def average_sparse(
     updates: Sequence[tuple[torch.Tensor, torch.Tensor]], weights: Sequence[float], numel: int
 ) -> torch.Tensor:
@@ -273,14 +344,31 @@ def average_sparse(
     return dense
 
 
-def apply_update(weights: torch.Tensor, update: torch.Tensor, lr: float) -> torch.Tensor:
-    """Server step of Eq. 7: w <- w - lr * update, plain SGD (the momentum is already in the clients' v)."""
-    return weights - lr * update
+class DGCServer:
+    """The server's step: w <- w - lr * u with u <- m * u + (mean update + weight decay * w).
 
+    The momentum m is 0 on compressed tensors with momentum correction (the clients' v holds it, Eq. 7)
+    and ``config.momentum`` on tensors sent whole and, without momentum correction, everywhere (Eq. 5).
+    Weight decay is dense, every round, on ``decayed_tensors`` only.
+    """
 
-def apply_momentum_update(
-    weights: torch.Tensor, velocity: torch.Tensor, update: torch.Tensor, lr: float, momentum: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Server step of Eq. 5 (ablation without momentum correction): u <- m u + update; w <- w - lr * u."""
-    velocity = momentum * velocity + update
-    return apply_update(weights, velocity, lr), velocity
+    def __init__(
+        self, weights: torch.Tensor, shapes: Sequence[Sequence[int]], config: DGCConfig, lr: float
+    ) -> None:
+        segments = [math.prod(s) for s in shapes]
+        if sum(segments) != weights.numel():
+            raise ValueError(f"shapes cover {sum(segments)} entries, the weights have {weights.numel()}")
+        if not lr > 0:
+            raise ValueError(f"lr={lr} must be > 0")
+        self.weights, self.lr, self.config = weights.clone(), lr, config
+        self.velocity = torch.zeros_like(weights)
+        dense = per_entry(dense_tensors(shapes, config), segments, weights.device)
+        with_momentum = dense | (not config.momentum_correction)
+        self.momentum = torch.where(with_momentum, config.momentum, 0.0)
+        self.decay = per_entry(decayed_tensors(shapes), segments, weights.device) * config.weight_decay
+
+    def step(self, update: torch.Tensor) -> torch.Tensor:
+        """Apply one round's mean update; returns the new weights."""
+        self.velocity = self.momentum * self.velocity + update + self.decay * self.weights
+        self.weights = self.weights - self.lr * self.velocity
+        return self.weights

@@ -11,10 +11,11 @@ import torch
 from flwr_privacy.algorithms.dgc import (
     DGCConfig,
     DGCMemory,
-    apply_momentum_update,
-    apply_update,
+    DGCServer,
     average_sparse,
+    dense_tensors,
     kept_count,
+    local_round,
 )
 
 # Pieces under test one at a time: exact top-k, nothing else switched on unless a test says so.
@@ -38,51 +39,51 @@ def test_momentum_correction_with_masking_by_hand() -> None:
     zeros = torch.zeros(4)
 
     # Round 1: u = g = [1, 2, 3, 4]; v = u. Half of 4 entries: send {2: 3, 3: 4}, clear them in u and v.
-    memory.accumulate(_t(1, 2, 3, 4), zeros)
+    memory.accumulate(_t(1, 2, 3, 4))
     assert _sent(memory, 0.5) == {2: 3.0, 3: 4.0}
     assert memory.u.tolist() == [1, 2, 0, 0] and memory.v.tolist() == [1, 2, 0, 0]
 
     # Round 2: u = 0.5 [1, 2, 0, 0] + 1 = [1.5, 2, 1, 1]; v = [1, 2, 0, 0] + u = [2.5, 4, 1, 1].
-    memory.accumulate(_t(1, 1, 1, 1), zeros)
+    memory.accumulate(_t(1, 1, 1, 1))
     assert memory.u.tolist() == [1.5, 2, 1, 1] and memory.v.tolist() == [2.5, 4, 1, 1]
     assert _sent(memory, 0.5) == {0: 2.5, 1: 4.0}
     assert memory.u.tolist() == [0, 0, 1, 1] and memory.v.tolist() == [0, 0, 1, 1]
 
     # Round 3: u = 0.5 [0, 0, 1, 1] + [0, 0, 0, -4] = [0, 0, 0.5, -3.5]; v = [0, 0, 1.5, -2.5].
-    memory.accumulate(_t(0, 0, 0, -4), zeros)
+    memory.accumulate(_t(0, 0, 0, -4))
     assert _sent(memory, 0.5) == {2: 1.5, 3: -2.5}
 
 
 def test_without_masking_stale_momentum_keeps_pushing_sent_entries() -> None:
     config = DGCConfig(momentum=0.5, selection="topk", momentum_masking=False)
     memory = DGCMemory(config, segments=[4])
-    memory.accumulate(_t(1, 2, 3, 4), torch.zeros(4))
+    memory.accumulate(_t(1, 2, 3, 4))
     assert _sent(memory, 0.5) == {2: 3.0, 3: 4.0}
     # v is still cleared where sent, u is not: u = 0.5 [1, 2, 3, 4] + 1 = [1.5, 2, 2.5, 3]; v = [1, 2, 0, 0] + u.
     assert memory.u.tolist() == [1, 2, 3, 4] and memory.v.tolist() == [1, 2, 0, 0]
-    memory.accumulate(_t(1, 1, 1, 1), torch.zeros(4))
+    memory.accumulate(_t(1, 1, 1, 1))
     assert _sent(memory, 0.5) == {1: 4.0, 3: 3.0}
 
 
 def test_momentum_correction_over_two_mini_batches_in_a_round() -> None:
     memory = DGCMemory(DGCConfig(momentum=0.5, selection="topk"), segments=[2])
-    memory.accumulate(_t(1, 0), torch.zeros(2))  # u = [1, 0], v = [1, 0]
-    memory.accumulate(_t(1, 0), torch.zeros(2))  # u = [1.5, 0], v = [2.5, 0]
+    memory.accumulate(_t(1, 0))  # u = [1, 0], v = [1, 0]
+    memory.accumulate(_t(1, 0))  # u = [1.5, 0], v = [2.5, 0]
     assert memory.u.tolist() == [1.5, 0] and memory.v.tolist() == [2.5, 0]
 
 
 def test_local_accumulation_carries_the_unsent_residual() -> None:
     memory = DGCMemory(DGCConfig(**PLAIN), segments=[3])
-    memory.accumulate(_t(1, 5, 2), torch.zeros(3))
+    memory.accumulate(_t(1, 5, 2))
     assert _sent(memory, 0.5) == {1: 5.0, 2: 2.0}
-    memory.accumulate(_t(1, 1, 0.5), torch.zeros(3))
+    memory.accumulate(_t(1, 1, 0.5))
     # v = [1, 0, 0] + [1, 1, 0.5]: the unsent 1 from round 1 makes entry 0 the largest now.
     assert _sent(memory, 0.5) == {0: 2.0, 1: 1.0}
 
 
 def test_without_local_accumulation_nothing_is_carried() -> None:
     memory = DGCMemory(DGCConfig(local_accumulation=False, **PLAIN), segments=[3])
-    memory.accumulate(_t(1, 5, 2), torch.zeros(3))
+    memory.accumulate(_t(1, 5, 2))
     memory.compress_and_mask(0.5)
     assert memory.v.tolist() == [0, 0, 0]
 
@@ -90,33 +91,51 @@ def test_without_local_accumulation_nothing_is_carried() -> None:
 def test_ablation_without_momentum_correction_accumulates_the_raw_gradient() -> None:
     config = DGCConfig(momentum=0.9, momentum_correction=False, momentum_masking=False, selection="topk")
     memory = DGCMemory(config, segments=[2])
-    memory.accumulate(_t(1, 2), torch.zeros(2))
-    memory.accumulate(_t(1, 2), torch.zeros(2))
+    memory.accumulate(_t(1, 2))
+    memory.accumulate(_t(1, 2))
     assert memory.v.tolist() == [2, 4] and memory.u.tolist() == [0, 0]
-    assert config.server_momentum == 0.9 and DGCConfig().server_momentum == 0.0
+    # The momentum is then the server's, on every entry (Eq. 5).
+    server = DGCServer(torch.zeros(2), [(2, 1)], config, lr=1.0)
+    assert [-float(server.step(_t(1, 0))[0]) for _ in range(2)] == pytest.approx([1, 2.9])
 
 
 # --- clipping and weight decay -------------------------------------------------------------------
 
 
-def test_local_clipping_scales_the_norm_by_one_over_sqrt_workers() -> None:
-    # clip_norm 2 with N = 4 workers clips each worker to 2 / sqrt(4) = 1: [3, 4] (norm 5) -> [0.6, 0.8].
+def test_local_clipping_bounds_each_mean_gradient_by_sqrt_workers() -> None:
+    # clip_norm 2 with N = 4 workers clips each worker's mean gradient to 2 * sqrt(4) = 4: [6, 8] -> [2.4, 3.2].
     memory = DGCMemory(DGCConfig(clip_norm=2.0, num_workers=4, **PLAIN), segments=[2])
-    memory.accumulate(_t(3, 4), torch.zeros(2))
-    torch.testing.assert_close(memory.v, _t(0.6, 0.8))
+    memory.accumulate(_t(6, 8))
+    torch.testing.assert_close(memory.v, _t(2.4, 3.2))
+
+
+def test_local_clipping_keeps_the_averaged_update_near_the_clip_norm() -> None:
+    """The paper's aim (sec. 3.2): with N i.i.d. workers, the aggregate's norm is about clip_norm."""
+    workers, numel = 16, 10_000
+    grads = torch.randn(workers, numel, generator=torch.Generator().manual_seed(0)) * 100
+    sent = []
+    for grad in grads:
+        memory = DGCMemory(DGCConfig(clip_norm=1.0, num_workers=workers, **PLAIN), segments=[numel])
+        memory.accumulate(grad)
+        sent.append(memory.v)
+    assert float(torch.stack(sent).mean(0).norm()) == pytest.approx(1.0, rel=0.05)
 
 
 def test_gradient_within_the_clip_norm_is_unchanged() -> None:
     memory = DGCMemory(DGCConfig(clip_norm=10.0, **PLAIN), segments=[2])
-    memory.accumulate(_t(3, 4), torch.zeros(2))
+    memory.accumulate(_t(3, 4))
     assert memory.v.tolist() == [3, 4]
 
 
-def test_weight_decay_is_added_after_clipping_and_before_accumulation() -> None:
-    # Clipped gradient [0.6, 0.8] plus 0.1 * [10, -20] = [1.6, -1.2]; the decay itself is not clipped.
-    memory = DGCMemory(DGCConfig(clip_norm=1.0, weight_decay=0.1, **PLAIN), segments=[2])
-    memory.accumulate(_t(3, 4), _t(10, -20))
-    torch.testing.assert_close(memory.v, _t(1.6, -1.2))
+def test_weight_decay_is_the_servers_dense_and_not_on_one_dimensional_tensors() -> None:
+    config = DGCConfig(weight_decay=0.1, **PLAIN)
+    memory = DGCMemory(config, segments=[2])
+    memory.accumulate(_t(3, 4))
+    assert memory.v.tolist() == [3, 4]  # nothing of the weights gets into what is sparsified
+    # A 2x1 weight and a bias of 1: the weight decays every round even with no update, the bias does not.
+    server = DGCServer(_t(10, -20, 5), [(2, 1), (1,)], config, lr=0.5)
+    torch.testing.assert_close(server.step(torch.zeros(3)), _t(9.5, -19, 5))
+    torch.testing.assert_close(server.step(torch.zeros(3)), _t(9.025, -18.05, 5))
 
 
 # --- selection per tensor ------------------------------------------------------------------------
@@ -125,13 +144,13 @@ def test_weight_decay_is_added_after_clipping_and_before_accumulation() -> None:
 def test_selection_is_per_tensor_with_global_indices() -> None:
     # A global top-2 would take both entries of the first tensor; per tensor each sends its own largest.
     memory = DGCMemory(DGCConfig(**PLAIN), segments=[2, 2])
-    memory.accumulate(_t(10, 20, 1, -2), torch.zeros(4))
+    memory.accumulate(_t(10, 20, 1, -2))
     assert _sent(memory, 0.5) == {1: 20.0, 3: -2.0}
 
 
 def test_small_tensors_below_dense_below_are_sent_whole() -> None:
     memory = DGCMemory(DGCConfig(dense_below=16, **PLAIN), segments=[1000, 10])
-    memory.accumulate(torch.randn(1010, generator=torch.Generator().manual_seed(0)), torch.zeros(1010))
+    memory.accumulate(torch.randn(1010, generator=torch.Generator().manual_seed(0)))
     indices, _ = memory.compress(0.99)
     assert len(indices) == 10 + 10 == memory.num_selected(0.99)
     assert set(range(1000, 1010)) <= set(indices.tolist())
@@ -143,7 +162,7 @@ def test_sampled_selection_sends_the_same_entries_as_topk() -> None:
     sent = []
     for selection in ("topk", "sampled"):
         memory = DGCMemory(DGCConfig(**{**PLAIN, "selection": selection}), segments=[20_000, 10_000])
-        memory.accumulate(grad, torch.zeros(30_000))
+        memory.accumulate(grad)
         indices, _ = memory.compress(0.99, torch.Generator().manual_seed(0))
         sent.append(set(indices.tolist()))
     assert sent[0] == sent[1] and len(sent[0]) == 200 + 100
@@ -164,7 +183,7 @@ def test_compress_rejects_sparsity_outside_range() -> None:
 
 def test_accumulate_rejects_a_gradient_of_the_wrong_shape() -> None:
     with pytest.raises(ValueError, match=r"grad: expected a flat tensor of shape \(4,\)"):
-        DGCMemory(DGCConfig(), segments=[4]).accumulate(torch.zeros(5), torch.zeros(4))
+        DGCMemory(DGCConfig(), segments=[4]).accumulate(torch.zeros(5))
 
 
 # --- warm-up schedule and config -----------------------------------------------------------------
@@ -225,7 +244,7 @@ def test_sparsity_at_negative_round_is_rejected() -> None:
 def test_state_dict_round_trip() -> None:
     config = DGCConfig(momentum=0.5, selection="topk")
     memory = DGCMemory(config, segments=[3, 2])
-    memory.accumulate(_t(1, -2, 3, 4, 5), torch.zeros(5))
+    memory.accumulate(_t(1, -2, 3, 4, 5))
     memory.compress_and_mask(0.5)
     state = memory.state_dict()
     assert all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in state.values())
@@ -261,10 +280,61 @@ def test_average_sparse_rejects_bad_weights() -> None:
         average_sparse([(torch.tensor([0]), _t(1))], [0], numel=2)
 
 
-def test_server_steps() -> None:
-    assert apply_update(_t(1, 1), _t(2, -2), lr=0.5).tolist() == [0, 2]
-    weights, velocity = apply_momentum_update(_t(1, 1), _t(2, 0), _t(1, 1), lr=0.5, momentum=0.5)
-    assert velocity.tolist() == [2, 1] and weights.tolist() == [0, 0.5]
+def test_the_server_takes_a_plain_sgd_step_where_the_clients_hold_the_momentum() -> None:
+    server = DGCServer(_t(1, 1), [(1, 2)], DGCConfig(momentum=0.9), lr=0.5)
+    assert server.step(_t(2, -2)).tolist() == [0, 2]
+    assert server.step(_t(2, -2)).tolist() == [-1, 3]  # no velocity carried over
+
+
+# --- tensors sent whole, local steps --------------------------------------------------------------
+
+
+def test_one_dimensional_tensors_are_sent_whole_and_keep_their_momentum() -> None:
+    """The reference compresses only tensors of more than one dimension; the rest get momentum SGD."""
+    config = DGCConfig(momentum=0.9, selection="topk")
+    shapes = [(4, 250), (10,)]
+    assert dense_tensors(shapes, config) == [False, True]
+    assert dense_tensors(shapes, DGCConfig(compress_vectors=True)) == [False, False]
+    assert dense_tensors([(4, 2), (10,)], DGCConfig(compress_vectors=True, dense_below=16)) == [True, True]
+    memory = DGCMemory(config, [1000, 10], dense=dense_tensors(shapes, config))
+    server = DGCServer(torch.zeros(1010), shapes, config, lr=1.0)
+    bias = []
+    for _ in range(4):
+        memory.accumulate(torch.cat([torch.zeros(1000), torch.ones(10)]))
+        indices, values = memory.compress_and_mask(0.99)
+        assert set(range(1000, 1010)) <= set(indices.tolist())
+        assert values[indices >= 1000].tolist() == [1.0] * 10  # the raw gradient, every round
+        bias.append(-float(server.step(average_sparse([(indices, values)], [1], 1010))[1000]))
+    steps = np.diff([0, *bias])
+    np.testing.assert_allclose(steps, [1, 1.9, 2.71, 3.439], rtol=1e-5)  # momentum SGD's steps
+
+
+def test_local_steps_accumulate_gradients_at_the_rounds_weights_into_one_step() -> None:
+    memory = DGCMemory(DGCConfig(momentum=0.9, selection="topk"), segments=[2])
+    seen = []
+
+    def gradient_at(w):
+        seen.append(w.clone())
+        return _t(1, 1)
+
+    after = local_round(memory, gradient_at, _t(0, 0), steps=4, lr=0.1)
+    assert memory.v.tolist() == [4, 4] and memory.u.tolist() == [4, 4]  # the sum of 4, one momentum step
+    assert all(w.tolist() == [0, 0] for w in seen) and after.tolist() == [0, 0]
+
+
+def test_local_sgd_takes_each_gradient_where_the_last_step_left_the_weights() -> None:
+    memory = DGCMemory(DGCConfig(momentum=0.9, selection="topk", local_update="local_sgd"), segments=[1])
+    seen = []
+
+    def gradient_at(w):  # the gradient of w^2 / 2
+        seen.append(float(w))
+        return w.clone()
+
+    after = local_round(memory, gradient_at, _t(1), steps=3, lr=0.1)
+    # u: 1 -> 0.9 * 1 + 0.9 = 1.8 -> ...; w: 1 -> 0.9 -> 0.9 - 0.1 * 1.8 = 0.72 -> 0.72 - 0.1 * (0.9*1.8 + 0.72)
+    assert seen == pytest.approx([1, 0.9, 0.72])
+    assert float(after) == pytest.approx(0.72 - 0.1 * (0.9 * 1.8 + 0.72))
+    assert float(memory.v) == pytest.approx((1 - float(after)) / 0.1)  # v holds the whole local movement / lr
 
 
 def test_run_config_forms_are_read_as_written_there() -> None:

@@ -19,7 +19,8 @@ from flwr_privacy.compression.topk import SparseCodec
 
 # What tests/apps/quickstart's Net holds: its parameters, its float buffers (batch norm's running mean and
 # variance) and one int64 buffer (num_batches_tracked) that never travels.
-PARAMETERS = [200, 8, 8, 8, 11520, 10]
+SHAPES = [(8, 1, 5, 5), (8,), (8,), (8,), (10, 1152), (10,)]
+PARAMETERS = [math.prod(s) for s in SHAPES]
 FLOAT_BUFFERS = [8, 8]
 NPY_HEADER = 128  # bytes np.save puts before each array's data, as Flower's Array carries it
 
@@ -32,7 +33,8 @@ def expected_upload(algorithm: str, server_round: int) -> int:
         return 4 * (sum(PARAMETERS) + sum(FLOAT_BUFFERS)) + NPY_HEADER * (len(PARAMETERS) + len(FLOAT_BUFFERS))
     if algorithm == "dgc":
         sparsity = DGCConfig(final_sparsity=0.99).sparsity_at(server_round - 1)
-        entries = sum(kept_count(n, sparsity) for n in PARAMETERS)
+        # Tensors of one dimension (biases, batch-norm weights) go whole, as the reference sends them.
+        entries = sum(math.prod(s) if len(s) == 1 else kept_count(math.prod(s), sparsity) for s in SHAPES)
     else:
         entries = num_upload(DSSGDConfig().theta_u, sum(PARAMETERS))
     return entries * per_entry + 2 * NPY_HEADER + buffers
