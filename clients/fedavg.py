@@ -42,11 +42,15 @@ class FedAvgClient(TrainingClient):
         self.seed = seed
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
-        arrays_to_model(self.model, [np.asarray(p, dtype=np.float32) for p in parameters])
+        received = [np.asarray(p, dtype=np.float32) for p in parameters]
+        arrays_to_model(self.model, received)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + server_round(config))
         loss = local_training(self, self.settings, self.local_epochs, self.train_fn, generator)
         dtype = str(config.get("wire_dtype", "float32"))
-        arrays = [a.astype(dtype, copy=False) for a in model_to_arrays(self.model)]
+        arrays = model_to_arrays(self.model)
+        if config.get("uplink", "model") == "delta":  # the change, so the server's float32 model keeps it
+            arrays = [a - r for a, r in zip(arrays, received)]
+        arrays = [a.astype(dtype, copy=False) for a in arrays]
         return arrays, count_examples(self.data), {} if loss is None else {"train_loss": loss}
 
 

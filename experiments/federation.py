@@ -53,11 +53,13 @@ def client_data(cfg: RunConfig, partition_id: int) -> TensorData:
 
 
 def make_evaluate_fn(cfg: RunConfig, test: TensorData):
-    """Server-side evaluation of the global model on the held-out test set."""
+    """Server-side evaluation of the global model on the held-out test set, on the rounds ``cfg.evaluates``."""
     model = build_model(cfg.model, test.in_shape, 10, cfg.seed)
     device = pick_device(cfg.device)
 
-    def evaluate_fn(server_round: int, arrays: list[np.ndarray], config: dict) -> tuple[float, dict]:
+    def evaluate_fn(server_round: int, arrays: list[np.ndarray], config: dict) -> tuple[float, dict] | None:
+        if not cfg.evaluates(server_round):
+            return None
         arrays_to_model(model, arrays)
         loss, accuracy = evaluate(model, test, device)
         return loss, {"accuracy": accuracy}
@@ -76,7 +78,7 @@ def make_strategy(cfg: RunConfig, run_config: dict[str, Any], on_round: RoundCal
         fraction_fit=cfg.fraction_fit,
         min_fit_clients=cfg.min_fit_clients,
         min_available_clients=cfg.min_fit_clients,
-        fraction_evaluate=0.0,  # every round is scored on the server's held-out test set
+        fraction_evaluate=0.0,  # the server scores the global model on its held-out test set
         seed=cfg.seed,
         on_round=on_round,
     )

@@ -28,28 +28,48 @@ COLUMNS = (
 
 
 class ResultsWriter:
-    """Rewrites the run's result files after every round, so a stopped run keeps what it reached."""
+    """Appends each round's row to the run's result files as it closes, so a stopped run keeps what it
+    reached; ``rounds.json`` stays a valid JSON list after every row. The CSV is rewritten only when a
+    row brings a column the earlier ones lacked (round 1's algorithm metrics, once)."""
 
     def __init__(self, output_dir: str | Path, config: dict[str, Any], plot: bool = True, plot_every_s: float = 10.0) -> None:
         self.dir = Path(output_dir).expanduser().resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
+        self.columns: list[str] = []
         self.plot = plot
         self.plot_every_s = plot_every_s  # a plot costs ~0.3 s: long runs of short rounds replot at most this often
         self.last_plot = -float("inf")
         (self.dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        (self.dir / "rounds.json").write_text("[]")
 
     def __call__(self, record: dict[str, Any]) -> None:
         self.rows.append(record)
-        extra = sorted({k for r in self.rows for k in r} - set(COLUMNS))
-        columns = [c for c in COLUMNS if any(c in r for r in self.rows)] + extra
-        with open(self.dir / "rounds.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        (self.dir / "rounds.json").write_text(json.dumps(self.rows, indent=1))
+        self.append_json(record)
+        self.append_csv(record)
         if self.plot and time.monotonic() - self.last_plot >= self.plot_every_s:
             self.finish()
+
+    def append_json(self, record: dict[str, Any]) -> None:
+        """Replace the list's closing bracket by the new row and a bracket."""
+        with open(self.dir / "rounds.json", "r+b") as f:
+            f.seek(-1, 2)
+            separator = b"\n" if len(self.rows) == 1 else b",\n"
+            f.write(separator + json.dumps(record).encode() + b"]")
+
+    def append_csv(self, record: dict[str, Any]) -> None:
+        new = [k for k in record if k not in self.columns]
+        if new:
+            extra = sorted({*self.columns, *new} - set(COLUMNS))
+            self.columns = [c for c in COLUMNS if any(c in r for r in self.rows)] + extra
+            rows, mode = self.rows, "w"
+        else:
+            rows, mode = [record], "a"
+        with open(self.dir / "rounds.csv", mode, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            if mode == "w":
+                writer.writeheader()
+            writer.writerows(rows)
 
     def finish(self) -> None:
         """Plot every row written so far."""

@@ -43,6 +43,7 @@ class RunConfig:
     fraction_fit: float = 0.5
     min_fit_clients: int = 1
     num_rounds: int = 10
+    evaluate_every: int = 1
     local_epochs: int = 1
     local_steps: int = 1
     batch_size: int = 10
@@ -70,7 +71,10 @@ class RunConfig:
         self._choice("wire_dtype", WIRE_DTYPES)
         if not 0 < self.fraction_fit <= 1:
             raise ValueError(f"fraction-fit={self.fraction_fit} must be in (0, 1]")
-        for name in ("num_clients", "min_fit_clients", "num_rounds", "local_epochs", "local_steps", "shards_per_client"):
+        for name in (
+            "num_clients", "min_fit_clients", "num_rounds", "evaluate_every", "local_epochs", "local_steps",
+            "shards_per_client",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{_key(name)}={getattr(self, name)} must be >= 1")
         if not self.alpha > 0:
@@ -85,6 +89,11 @@ class RunConfig:
     def _choice(self, name: str, allowed: tuple[str, ...]) -> None:
         if getattr(self, name) not in allowed:
             raise ValueError(f"{_key(name)}={getattr(self, name)!r} is unknown; allowed: {list(allowed)}")
+
+    def evaluates(self, server_round: int) -> bool:
+        """Whether the server scores the global model after this round: the initial model, every
+        ``evaluate_every`` rounds, and the last round always."""
+        return server_round % self.evaluate_every == 0 or server_round in (0, self.num_rounds)
 
     @property
     def clients_per_round(self) -> int:

@@ -17,7 +17,10 @@ class FedAvgRounds(AlgorithmRounds):
     """Every sampled client gets the global model; w <- sum_k (n_k / n) w_k over the accepted replies.
 
     Each reply is checked against the model's shapes, the uplink dtype (``dtype``: float32, or
-    float16 to halve the upload) and finiteness. The global model and the downlink stay float32.
+    float16 to halve the upload) and finiteness. The global model and the downlink stay float32: with
+    a float16 uplink clients send their change w_k - w (``uplink="delta"``) and the server adds the
+    weighted mean of the changes to its float32 model, so a change far below float16's spacing at the
+    weight's magnitude is not rounded away.
     """
 
     def __init__(self, initial_arrays: Sequence[np.ndarray], dtype: str = "float32") -> None:
@@ -26,7 +29,7 @@ class FedAvgRounds(AlgorithmRounds):
         self.model = [a.copy() for a in self.initial_arrays]
 
     def settings(self) -> Config:
-        return {"wire_dtype": self.codec.dtype}
+        return {"wire_dtype": self.codec.dtype, "uplink": "delta" if self.codec.dtype == "float16" else "model"}
 
     def configure(self, server_round: int, clients: Sequence[str]) -> list[tuple[None, Config]]:
         return [(None, {"server_round": server_round, **self.settings()}) for _ in clients]
@@ -35,7 +38,10 @@ class FedAvgRounds(AlgorithmRounds):
         return self.codec.decode(arrays)
 
     def aggregate(self, server_round: int, accepted: list[Accepted]) -> list[Accepted]:
-        self.model = weighted_average([a.payload for a in accepted], [a.num_examples for a in accepted])
+        average = weighted_average([a.payload for a in accepted], [a.num_examples for a in accepted])
+        if self.settings()["uplink"] == "delta":
+            average = [w + d for w, d in zip(self.model, average)]
+        self.model = average
         return accepted
 
     def global_arrays(self) -> list[np.ndarray]:

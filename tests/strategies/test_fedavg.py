@@ -110,3 +110,54 @@ def test_more_clients_sampled_than_connected_is_a_clear_error(tmp_path):
         manager.register(proxy)
     with pytest.raises(ValueError, match="min-fit-clients=4 samples more clients than exist"):
         strategy.configure_fit(1, strategy.initialize_parameters(manager), manager)
+
+
+def test_the_server_evaluates_every_k_rounds_and_always_the_last(tmp_path):
+    strategy, manager = build(tmp_path, **{"num-rounds": 7, "evaluate-every": 3})
+    run_inprocess(strategy, manager, 7)
+    scored = [r["round"] for r in strategy.history if r["test_accuracy"] is not None]
+    assert scored == [0, 3, 6, 7]
+
+
+def test_the_average_weighs_each_client_by_its_examples(tmp_path):
+    strategy, manager = build(tmp_path)
+    a, b = sorted(manager.all().values(), key=lambda p: p.cid)[:2]
+    strategy.configure_fit(1, strategy.initialize_parameters(manager), manager)
+    small = [np.zeros_like(x) for x in strategy.initial_arrays]
+    large = [np.ones_like(x) for x in strategy.initial_arrays]
+    replies = [
+        (a, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(small), 100, {})),
+        (b, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(large), 300, {})),
+    ]
+    params, _ = strategy.aggregate_fit(1, replies, [])
+    assert all(np.allclose(x, 0.75) for x in parameters_to_ndarrays(params))  # 300 / (100 + 300), not 1 / 2
+
+
+def test_a_float16_uplink_keeps_a_change_below_float16_spacing(tmp_path):
+    """float16 spacing at 1.0 is 1e-3: a 2e-4 step sent as a model would round away on the server."""
+    import torch
+
+    from flwr_privacy.clients import FedAvgClient
+    from flwr_privacy.strategies.base import Accepted
+    from flwr_privacy.strategies.fedavg import FedAvgRounds
+    from flwr_privacy.wire import model_to_arrays
+
+    model = torch.nn.Linear(4, 1)
+    torch.nn.init.ones_(model.weight), torch.nn.init.ones_(model.bias)
+
+    def step(m):
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(2e-4)
+        return 0.0
+
+    client = FedAvgClient(model, [(torch.zeros(1, 4), torch.zeros(1, dtype=torch.long))], train_fn=step, device="cpu")
+    rounds = FedAvgRounds(model_to_arrays(model), "float16")
+    for server_round in (1, 2):
+        ((_, config),) = rounds.configure(server_round, ["0"])
+        arrays, n, _ = client.fit(rounds.global_arrays(), config)
+        assert all(a.dtype == np.float16 for a in arrays)
+        rounds.aggregate(server_round, [Accepted("0", rounds.decode(arrays), n, {})])
+    for array in rounds.global_arrays():
+        assert array.dtype == np.float32
+        np.testing.assert_allclose(array, 1 + 4e-4, rtol=0, atol=1e-6)
