@@ -111,7 +111,7 @@ class DGCRounds(AlgorithmRounds):
             held = self.versions.get(client)
             if self.downlink == "sparse" and held is not None:
                 indices, values = self.delta_since(held)
-                if len(indices) * self.downlink_codec.sparse.bytes_per_entry < 4 * self.weights.numel():
+                if self.sparse_is_smaller(len(indices)):
                     payload = self.downlink_codec.encode(indices, values, self.buffers)
                     config.update(downlink="sparse", base_version=held)
             instructions.append((payload, config))
@@ -133,8 +133,23 @@ class DGCRounds(AlgorithmRounds):
         for a in accepted:
             self.versions[a.client] = server_round - 1
         if self.downlink == "sparse":
+            self.forget_old_versions()
             oldest = min(self.versions.values(), default=server_round)
             self.changed = {r: i for r, i in self.changed.items() if r > oldest}
+
+    def sparse_is_smaller(self, entries: int) -> bool:
+        """Whether a delta of this many entries costs less than the dense model."""
+        return entries * self.downlink_codec.sparse.bytes_per_entry < 4 * self.weights.numel()
+
+    def forget_old_versions(self) -> None:
+        """Bound the history of changes: a client whose delta would cost more than the dense model gets the
+        dense model anyway, so versions that old (a client that stopped participating) are forgotten."""
+        seen = torch.zeros(self.weights.numel(), dtype=torch.bool)
+        for r in sorted(self.changed, reverse=True):
+            seen[self.changed[r]] = True
+            if not self.sparse_is_smaller(int(seen.sum())):
+                self.versions = {c: v for c, v in self.versions.items() if v >= r}
+                return
 
     def aggregate(self, server_round: int, accepted: list[Accepted]) -> list[Accepted]:
         examples = [a.num_examples for a in accepted]

@@ -247,3 +247,30 @@ def test_config_errors_stop_before_training_and_name_the_key(tmp_path, overrides
     with pytest.raises(ValueError) as error:
         validate_run_config(run_config)
     assert key in str(error.value)
+
+
+def test_the_sparse_downlink_forgets_a_client_that_stopped_participating():
+    """Its delta would soon cost more than the dense model: the history stays bounded, and it gets the model."""
+    from flwr_privacy.algorithms.dgc import DGCConfig
+    from flwr_privacy.strategies.base import Accepted, RoundRecorder
+    from flwr_privacy.strategies.dgc import DGCRounds
+
+    numel = 1000
+    rounds = DGCRounds([np.zeros((10, 100), np.float32)], [True], DGCConfig(), lr=1.0, downlink="sparse")
+    rounds.recorder = RoundRecorder()
+    generator = torch.Generator().manual_seed(0)
+    for server_round in range(1, 60):
+        clients = ["active", "gone"] if server_round == 1 else ["active"]
+        rounds.configure(server_round, clients)
+        indices = torch.randperm(numel, generator=generator)[:20]
+        payload = (indices, torch.ones(20), [])
+        accepted = [Accepted(c, payload, 10, {}) for c in clients]
+        rounds.aggregate(server_round, accepted)
+        rounds.after_round(server_round, accepted)
+        # A delta costs 6 bytes an entry against 4 * 1000 for the model: at most 667 entries are worth it.
+        assert len(torch.unique(torch.cat(list(rounds.changed.values())))) <= 667 + 20
+    assert "gone" not in rounds.versions and len(rounds.changed) < 40
+    (payload, config), = rounds.configure(60, ["gone"])
+    assert payload is None and config["downlink"] == "dense"
+    (payload, config), = rounds.configure(60, ["active"])
+    assert config["downlink"] == "sparse"
