@@ -84,8 +84,18 @@ def make_federation(client_fn: ClientFn, run_config: dict[str, Any], num_clients
 
 
 def run_inprocess(strategy: Strategy, manager: SimpleClientManager, num_rounds: int):
-    """Flower's server loop for ``num_rounds``; returns Flower's History and the elapsed seconds."""
-    return Server(client_manager=manager, strategy=strategy).fit(num_rounds=num_rounds, timeout=None)
+    """Flower's server loop for ``num_rounds``, fitting a round's clients one after another; returns
+    Flower's History and the elapsed seconds.
+
+    One at a time, not in Flower's default thread pool: CPython 3.11's ``ast`` module keeps its recursion
+    depth in state shared by threads (python/cpython#106905), and torch parses source (its decorators,
+    TorchScript) on first use, so clients building models concurrently failed now and then with
+    ``SystemError: AST constructor recursion depth mismatch``. A simulation runs its clients in separate
+    processes; here, in one process, they share one interpreter.
+    """
+    server = Server(client_manager=manager, strategy=strategy)
+    server.set_max_workers(1)
+    return server.fit(num_rounds=num_rounds, timeout=None)
 
 
 class InProcessGrid(Grid):

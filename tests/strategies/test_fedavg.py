@@ -161,3 +161,30 @@ def test_a_float16_uplink_keeps_a_change_below_float16_spacing(tmp_path):
     for array in rounds.global_arrays():
         assert array.dtype == np.float32
         np.testing.assert_allclose(array, 1 + 4e-4, rtol=0, atol=1e-6)
+
+
+def test_the_inprocess_backend_fits_one_client_at_a_time(tmp_path):
+    """Concurrent clients in one CPython 3.11 process can trip python/cpython#106905 (torch parses source)."""
+    import threading
+    import time
+
+    strategy, manager = build(tmp_path, **{"num-rounds": 1})
+    active, most = [0], [0]
+    lock = threading.Lock()
+    for proxy in manager.all().values():
+        fit = proxy.fit
+
+        def counting_fit(ins, timeout, group_id, fit=fit):
+            with lock:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+            time.sleep(0.05)
+            try:
+                return fit(ins, timeout, group_id)
+            finally:
+                with lock:
+                    active[0] -= 1
+
+        proxy.fit = counting_fit
+    run_inprocess(strategy, manager, 1)
+    assert most[0] == 1 and strategy.history[-1]["accepted"] == 4
