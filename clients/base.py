@@ -19,7 +19,6 @@ from torch import nn
 from flwr_privacy.training import Data, LossFn, SGDSettings, count_examples, evaluate, pick_device, train_epochs
 from flwr_privacy.wire import arrays_to_model, model_to_arrays
 
-
 TrainFn = Callable[[nn.Module], Any]
 
 

@@ -3,7 +3,8 @@
 Each round: take the global model (dense, or overwrite the entries a sparse downlink names), spend
 ``local_steps`` mini-batches with the user's loss through the memory (clipping, momentum correction,
 accumulation; as gradient accumulation or local SGD, ``DGCConfig.local_update``), send the top-k of
-the accumulated v (tensors of one dimension whole), and mask what was sent. DGC's settings come with every instruction from the strategy. u and v live in
+the accumulated v (tensors of one dimension whole), and mask what was sent. DGC's settings come with
+every instruction from the strategy. u and v live in
 ``context.state`` and persist across rounds, also across rounds the client sits out.
 """
 
@@ -15,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.common import NDArrays, RecordDict, Scalar
+from flwr_privacy.clients.base import TrainingClient, check_trainable_numel, server_round
+from flwr_privacy.clients.state import load_arrays, save_arrays
 from torch import nn
 
 from flwr_privacy.algorithms.dgc import DGCConfig, DGCMemory, dense_tensors, local_round
-from flwr_privacy.clients.base import TrainingClient, check_trainable_numel, server_round
-from flwr_privacy.clients.state import load_arrays, save_arrays
 from flwr_privacy.compression.dense import DenseCodec
 from flwr_privacy.compression.model_update import SparseUpdateCodec
 from flwr_privacy.config import section
@@ -81,7 +82,8 @@ class DGCClient(TrainingClient):
         else:
             held = load_arrays(self.state, MODEL_KEY)
             if held is None or int(held[0][0]) != int(config["base_version"]):
-                raise ValueError(f"sparse downlink based on version {config['base_version']}, client holds another")
+                base = int(config["base_version"])
+                raise ValueError(f"sparse downlink based on version {base}, client holds another")
             weights, _ = split_trainable(held[1:], self.trainable)
             # float32 whatever the uplink's dtype: see strategies.dgc
             indices, values, buffers = SparseUpdateCodec(sum(self.segments), self.dense_shapes).decode(parameters)
@@ -96,8 +98,8 @@ class DGCClient(TrainingClient):
         value_dtype = str(config.get("wire_dtype", "float32"))
         sparsity = float(config["sparsity"])
         self.receive_model(parameters, config)
-        dense = dense_tensors([tuple(p.shape) for p in self.model.parameters()], dgc)
-        memory = DGCMemory(dgc, self.segments, self.device, dense)
+        whole = dense_tensors([tuple(p.shape) for p in self.model.parameters()], dgc)
+        memory = DGCMemory(dgc, self.segments, self.device, whole)
         saved = load_arrays(self.state, MEMORY_KEY)
         if saved is not None:
             memory.load_state_dict(dict(zip(("u", "v"), saved)))
@@ -127,7 +129,7 @@ class DGCClient(TrainingClient):
             payload = codec.encode([dense.cpu().numpy(), *buffers])
         else:
             payload = SparseUpdateCodec(memory.numel, self.dense_shapes, value_dtype).encode(indices, values, buffers)
-        metrics = {"train_loss": float(np.mean(losses)), "sent": int(indices.numel())}
+        metrics: dict[str, Scalar] = {"train_loss": float(np.mean(losses)), "sent": int(indices.numel())}
         return payload, count_examples(self.data), metrics
 
     def mini_batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

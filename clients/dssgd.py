@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 from flwr.common import NDArrays, RecordDict, Scalar
+from flwr_privacy.clients.base import TrainFn, TrainingClient, check_trainable_numel, local_training, server_round
+from flwr_privacy.clients.state import load_arrays, save_arrays
 from torch import nn
 
 from flwr_privacy.algorithms.dssgd import DSSGDConfig, compute_change, overwrite_local, participant_upload
-from flwr_privacy.clients.base import TrainFn, TrainingClient, check_trainable_numel, local_training, server_round
-from flwr_privacy.clients.state import load_arrays, save_arrays
 from flwr_privacy.compression.model_update import SparseUpdateCodec
 from flwr_privacy.config import section
 from flwr_privacy.training import SGDSettings, count_examples

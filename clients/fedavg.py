@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.common import NDArrays, Scalar
+from flwr_privacy.clients.base import TrainFn, TrainingClient, local_training, server_round
 from torch import nn
 
-from flwr_privacy.clients.base import TrainFn, TrainingClient, local_training, server_round
 from flwr_privacy.training import SGDSettings, count_examples
 from flwr_privacy.wire import arrays_to_model, model_to_arrays
 

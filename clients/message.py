@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client import NumPyClient
-from torch import nn
-
 from flwr_privacy.clients.dgc import DGCClient
 from flwr_privacy.clients.dssgd import DSSGDClient
 from flwr_privacy.clients.fedavg import FedAvgClient
+from torch import nn
+
 from flwr_privacy.wire import wire_keys
 
 
@@ -50,13 +50,14 @@ def train_reply(msg: Message, model: nn.Module, client: NumPyClient, named: bool
     """Run ``client.fit`` on the message's arrays and config; the reply carries the arrays and metrics
     (with Flower's ``num-examples``). ``named``: the arrays under the model's keys, as Flower's apps send."""
     content = msg.content
-    config = dict(content.config_records.get("config", {}))
+    config: dict[str, Any] = dict(content.config_records.get("config", {}))
     arrays, num_examples, metrics = client.fit(arrays_for_model(content.array_records.get("arrays"), model), config)
     if named:
         record = ArrayRecord(array_dict={k: Array(np.asarray(a)) for k, a in zip(wire_keys(model), arrays)})
     else:
         record = ArrayRecord([np.asarray(a) for a in arrays])
-    reply = RecordDict({"arrays": record, "metrics": MetricRecord({**metrics, "num-examples": num_examples})})
+    values: dict[str, Any] = {**metrics, "num-examples": num_examples}
+    reply = RecordDict({"arrays": record, "metrics": MetricRecord(values)})
     return Message(content=reply, reply_to=msg)
 
 

@@ -12,9 +12,9 @@ from flwr.common import ArrayRecord, RecordDict
 
 def load_arrays(state: RecordDict, key: str) -> list[np.ndarray] | None:
     """The arrays stored under ``key``, or None if this client has none yet."""
-    if key not in state:
+    if key not in state.array_records:
         return None
-    return state[key].to_numpy_ndarrays()
+    return state.array_records[key].to_numpy_ndarrays()
 
 
 def save_arrays(state: RecordDict, key: str, arrays: list[np.ndarray]) -> None:

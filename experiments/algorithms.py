@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from flwr.common import Context
+from flwr_privacy.clients import DGCClient, DSSGDClient, FedAvgClient
+from flwr_privacy.strategies import DGC, DSSGD, FedAvg
 from torch import nn
 
 from flwr_privacy.algorithms.dgc import DGCConfig
 from flwr_privacy.algorithms.dssgd import DSSGDConfig
-from flwr_privacy.clients import DGCClient, DSSGDClient, FedAvgClient
 from flwr_privacy.config import RunConfig
 from flwr_privacy.data import TensorData
 from flwr_privacy.registry import Algorithm, register
-from flwr_privacy.strategies import DGC, DSSGD, FedAvg
 from flwr_privacy.wire import trainable_mask
 
 

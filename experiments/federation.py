@@ -7,17 +7,17 @@ from typing import Any
 
 import numpy as np
 from flwr.common import Context
+from flwr_privacy.clients.fedavg import client_seed
+from flwr_privacy.strategies.base import RoundCallback
 
 from experiments.algorithms import ClientSetup, ServerSetup
 from flwr_privacy import registry
-from flwr_privacy.clients.fedavg import client_seed
 from flwr_privacy.config import RunConfig
 from flwr_privacy.data import TensorData, load_dataset
 from flwr_privacy.models import build_model
 from flwr_privacy.partition import partition
 from flwr_privacy.training import evaluate, pick_device
 from flwr_privacy.wire import arrays_to_model, model_to_arrays
-from flwr_privacy.strategies.base import RoundCallback
 
 
 def validate_run_config(run_config: dict[str, Any]) -> RunConfig:
@@ -96,7 +96,6 @@ def make_client(cfg: RunConfig, run_config: dict[str, Any], context: Context):
         )
     data = client_data(cfg, partition_id)
     model = build_model(cfg.model, data.in_shape, 10, cfg.seed)
-    setup = ClientSetup(
-        cfg, run_config, model, data, pick_device(cfg.device), client_seed(cfg.seed, partition_id), partition_id, context
-    )
+    device, seed = pick_device(cfg.device), client_seed(cfg.seed, partition_id)
+    setup = ClientSetup(cfg, run_config, model, data, device, seed, partition_id, context)
     return algorithm.client(setup)

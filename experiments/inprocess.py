@@ -30,15 +30,14 @@ from flwr.common import (
     RecordDict,
     Status,
 )
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.server import Server
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from flwr.serverapp import Grid
-from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
-
 from flwr_privacy.strategies.message import record_nbytes
 
 ClientFn = Callable[[Context], Client]

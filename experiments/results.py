@@ -32,7 +32,9 @@ class ResultsWriter:
     reached; ``rounds.json`` stays a valid JSON list after every row. The CSV is rewritten only when a
     row brings a column the earlier ones lacked (round 1's algorithm metrics, once)."""
 
-    def __init__(self, output_dir: str | Path, config: dict[str, Any], plot: bool = True, plot_every_s: float = 10.0) -> None:
+    def __init__(
+        self, output_dir: str | Path, config: dict[str, Any], plot: bool = True, plot_every_s: float = 10.0
+    ) -> None:
         self.dir = Path(output_dir).expanduser().resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []

@@ -17,6 +17,7 @@ from typing import Any
 
 import flwr.common.logger as flwr_logger
 import hydra
+from flwr_privacy.strategies.base import FederationError
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
@@ -27,7 +28,6 @@ from experiments.flower_run import FlowerRunError, flwr_run
 from experiments.inprocess import make_federation, run_inprocess
 from experiments.results import ResultsWriter, plot_rounds
 from flwr_privacy.data import check_data
-from flwr_privacy.strategies.base import FederationError
 
 RUNNER_ONLY = ("simulation", "experiment", "baseline")
 BACKENDS = ("flwr", "inprocess")

@@ -35,7 +35,13 @@ def federated_epochs(samples_per_round: float, num_rounds: int, num_examples: in
 
 
 def train_alone(
-    model_name: str, data: TensorData, test: TensorData, epochs: int, settings: SGDSettings, device: torch.device, seed: int
+    model_name: str,
+    data: TensorData,
+    test: TensorData,
+    epochs: int,
+    settings: SGDSettings,
+    device: torch.device,
+    seed: int,
 ) -> tuple[float, float]:
     """One party trains the model on ``data`` for ``epochs``; its test loss and accuracy."""
     model = build_model(model_name, data.in_shape, 10, seed)

@@ -20,6 +20,9 @@ DOWNLINKS = ("dense", "sparse")
 WIRE_DTYPES = ("float32", "float16")
 
 
+FIELD_TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "bool": bool}
+
+
 def _key(name: str) -> str:
     return name.replace("_", "-")
 
@@ -60,7 +63,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            expected = {"str": str, "int": int, "float": (int, float), "bool": bool}[f.type]
+            expected = FIELD_TYPES[str(f.type)]
             if not isinstance(value, expected) or (f.type in ("int", "float") and isinstance(value, bool)):
                 raise ValueError(f"{_key(f.name)}={value!r} must be of type {f.type}")
         self._choice("dataset", DATASETS)
@@ -84,7 +87,7 @@ class RunConfig:
                 f"min-fit-clients={self.min_fit_clients} samples more clients than exist "
                 f"(num-clients={self.num_clients}); allowed: 1 <= min-fit-clients <= num-clients"
             )
-        self.sgd  # validates lr, momentum, weight decay and batch size
+        _ = self.sgd  # validates lr, momentum, weight decay and batch size
 
     def _choice(self, name: str, allowed: tuple[str, ...]) -> None:
         if getattr(self, name) not in allowed:

@@ -165,7 +165,10 @@ def _read_cifar_tar(archive: Path) -> dict[str, np.ndarray]:
             parts = Path(member.name).parts
             if not member.isfile() or len(parts) < 3 or parts[-3] not in rows or parts[-2] not in CIFAR_CLASSES:
                 continue
-            with Image.open(BytesIO(tar.extractfile(member).read())) as im:
+            extracted = tar.extractfile(member)
+            if extracted is None:
+                continue
+            with Image.open(BytesIO(extracted.read())) as im:
                 image = np.asarray(im.convert("RGB"), dtype=np.uint8)
             rows[parts[-3]].append((member.name, image, CIFAR_CLASSES.index(parts[-2])))
     out = {}
@@ -200,7 +203,7 @@ def _cifar_arrays(data_dir: Path) -> dict[str, np.ndarray]:
             return _read_cifar_batches(folder)
     for root in (data_dir, data_dir / "CIFAR-10-images"):
         if (root / "train").is_dir() and (root / "test").is_dir():
-            return _cached_npz(root, lambda: _read_image_folder(root))
+            return _cached_npz(root, lambda root=root: _read_image_folder(root))
     archives = sorted(data_dir.glob("*.tar.gz"))
     if archives:
         return _cached_npz(archives[0], lambda: _read_cifar_tar(archives[0]))

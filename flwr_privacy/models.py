@@ -107,7 +107,7 @@ class VGG(nn.Module):
         layers: list[nn.Module] = []
         c = in_shape[0]
         for v in VGG_LAYOUTS[layout]:
-            if v == "M":
+            if isinstance(v, str):  # "M"
                 layers.append(nn.MaxPool2d(2))
             else:
                 layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU()]

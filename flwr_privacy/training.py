@@ -18,7 +18,6 @@ from torch import nn
 
 from flwr_privacy.data import TensorData
 
-
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Data = TensorData | Iterable[Any]
 
@@ -161,7 +160,8 @@ def evaluate(
     loss_fn = loss_fn or F.cross_entropy
     if isinstance(data, TensorData):
         tensors = data
-        data = ((tensors.x[i : i + batch_size], tensors.y[i : i + batch_size]) for i in range(0, len(tensors), batch_size))
+        starts = range(0, len(tensors), batch_size)
+        data = ((tensors.x[i : i + batch_size], tensors.y[i : i + batch_size]) for i in starts)
     loss, correct, count = 0.0, 0, 0
     for batch in data:
         x, y = as_xy(batch)

@@ -210,6 +210,8 @@ def validate_replies(
             if reply.error is not None:
                 raise ValueError(reply.error)
             num_examples = check_num_examples(reply.num_examples)
+            if reply.arrays is None:
+                raise ValueError("the reply carries no arrays")
             payload = decode(reply.arrays())
         except Exception as err:  # any malformed reply is that client's failure, never the round's
             recorder.failed(reply.client, str(err))
@@ -241,7 +243,8 @@ def evaluation_summary(replies: Sequence[Reply], recorder_round: int) -> dict[st
                 raise ValueError(reply.error)
             accepted.append(Accepted(reply.client, None, check_num_examples(reply.num_examples), reply.metrics))
         except ValueError as err:
-            log(WARNING, "round %s: client %s evaluation rejected: %s", recorder_round, reply.client, short_reason(str(err)))
+            reason = short_reason(str(err))
+            log(WARNING, "round %s: client %s evaluation rejected: %s", recorder_round, reply.client, reason)
     keys = sorted({k for a in accepted for k in a.metrics if k != "num-examples"})
     summary = {k: mean_metric(accepted, k) for k in keys}
     return {k: v for k, v in summary.items() if v is not None}
@@ -276,12 +279,13 @@ class AlgorithmRounds(ABC):
         """A reply's arrays checked and decoded; raises (PayloadError) naming what is wrong."""
 
     @abstractmethod
-    def aggregate(self, server_round: int, accepted: list[Accepted]) -> None:
-        """Fold the accepted replies (at least one) into the global model."""
+    def aggregate(self, server_round: int, accepted: list[Accepted]) -> list[Accepted]:
+        """Fold the accepted replies (at least one) into the global model; returns those applied (an
+        algorithm may still refuse one, say DSSGD a value beyond gamma, logging it as a failure)."""
 
     @abstractmethod
     def global_arrays(self) -> list[np.ndarray]:
         """The current global model, float32, in wire order."""
 
-    def after_round(self, server_round: int, accepted: list[Accepted]) -> None:
+    def after_round(self, server_round: int, accepted: list[Accepted]) -> None:  # noqa: B027 (optional hook)
         """Hook run after every round's aggregation, accepted or not (e.g. DSSGD's counter decay)."""

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config
+from flwr_privacy.strategies.legacy import LegacyStrategy
 
 from flwr_privacy.algorithms.dgc import DGCConfig, DGCServer, average_sparse
 from flwr_privacy.algorithms.fedavg import weighted_average
 from flwr_privacy.compression.dense import DenseCodec
 from flwr_privacy.compression.model_update import SparseUpdateCodec
 from flwr_privacy.config import to_section
-from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config
-from flwr_privacy.strategies.legacy import LegacyStrategy
 from flwr_privacy.wire import buffer_shapes, join_trainable, split_trainable
 
 DOWNLINKS = ("dense", "sparse")

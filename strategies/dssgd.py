@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config
+from flwr_privacy.strategies.legacy import LegacyStrategy
 
 from flwr_privacy.algorithms.dssgd import DSSGDConfig, DSSGDServer
 from flwr_privacy.algorithms.fedavg import weighted_average
 from flwr_privacy.compression.model_update import SparseUpdateCodec
 from flwr_privacy.config import to_section
-from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config
-from flwr_privacy.strategies.legacy import LegacyStrategy
 from flwr_privacy.wire import buffer_shapes, join_trainable, split_trainable
 
 
@@ -47,7 +47,11 @@ class DSSGDRounds(AlgorithmRounds):
         self.spent: dict[str, float] = {}  # cumulative epsilon per participant (sequential composition)
 
     def settings(self) -> Config:
-        return {**to_section("dssgd", self.config), "wire_dtype": self.value_dtype, "trainable_numel": self.server.num_params}
+        return {
+            **to_section("dssgd", self.config),
+            "wire_dtype": self.value_dtype,
+            "trainable_numel": self.server.num_params,
+        }
 
     def global_arrays(self) -> list[np.ndarray]:
         return join_trainable(self.server.params, self.buffers, self.shapes, self.trainable)

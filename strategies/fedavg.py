@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config
+from flwr_privacy.strategies.legacy import LegacyStrategy
 
 from flwr_privacy.algorithms.fedavg import weighted_average
 from flwr_privacy.compression.dense import DenseCodec
-from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config
-from flwr_privacy.strategies.legacy import LegacyStrategy
 
 
 class FedAvgRounds(AlgorithmRounds):

@@ -25,7 +25,6 @@ from flwr.common import (
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
-
 from flwr_privacy.strategies.base import (
     MAX_FAILED_ROUNDS,
     AlgorithmRounds,
@@ -149,7 +148,8 @@ class LegacyStrategy(Strategy):
         extra = self.on_fit_config_fn(server_round) if self.on_fit_config_fn is not None else {}
         dense = None
         instructions = []
-        for client, (payload, config) in zip(clients, self.rounds.configure(server_round, [str(c.cid) for c in clients])):
+        configured = self.rounds.configure(server_round, [str(c.cid) for c in clients])
+        for client, (payload, config) in zip(clients, configured):
             if payload is None:
                 dense = dense or ndarrays_to_parameters(self.rounds.global_arrays())
                 parameters = dense
@@ -188,8 +188,10 @@ class LegacyStrategy(Strategy):
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
         if self.fraction_evaluate == 0:
             return []
-        clients = self.sample(client_manager, self.fraction_evaluate, self.min_evaluate_clients, server_round, "evaluate")
-        config = {"server_round": server_round}
+        clients = self.sample(
+            client_manager, self.fraction_evaluate, self.min_evaluate_clients, server_round, "evaluate"
+        )
+        config: dict[str, Scalar] = {"server_round": server_round}
         if self.on_evaluate_config_fn is not None:
             config.update(self.on_evaluate_config_fn(server_round))
         ins = EvaluateIns(ndarrays_to_parameters(self.rounds.global_arrays()), config)

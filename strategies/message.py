@@ -28,10 +28,6 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
-
-from flwr_privacy.algorithms.dgc import DGCConfig
-from flwr_privacy.algorithms.dssgd import DSSGDConfig
-from flwr_privacy.compression.base import PayloadError
 from flwr_privacy.strategies.base import (
     MAX_FAILED_ROUNDS,
     AlgorithmRounds,
@@ -47,6 +43,10 @@ from flwr_privacy.strategies.base import (
 from flwr_privacy.strategies.dgc import DGCRounds, check_server_arguments
 from flwr_privacy.strategies.dssgd import DSSGDRounds
 from flwr_privacy.strategies.fedavg import FedAvgRounds
+
+from flwr_privacy.algorithms.dgc import DGCConfig
+from flwr_privacy.algorithms.dssgd import DSSGDConfig
+from flwr_privacy.compression.base import PayloadError
 
 __all__ = ["DGC", "DGCConfig", "DSSGD", "DSSGDConfig", "FedAvg", "MessageStrategy"]
 
@@ -132,12 +132,25 @@ class MessageStrategy(Strategy):
         self.rounds = self.build_rounds([arrays[k].numpy() for k in self.float_keys], self.float_keys)
         self.rounds.recorder = self.recorder
 
+    @property
+    def algorithm(self) -> AlgorithmRounds:
+        """The algorithm's rounds, built by ``initialize`` (which ``start`` calls)."""
+        if self.rounds is None:
+            raise RuntimeError(f"{type(self).__name__} has no model yet: call start() or initialize() first")
+        return self.rounds
+
+    @property
+    def model_template(self) -> ArrayRecord:
+        """The initial ArrayRecord, whose keys and integer entries every global record keeps."""
+        if self.template is None:
+            raise RuntimeError(f"{type(self).__name__} has no model yet: call start() or initialize() first")
+        return self.template
+
     def global_record(self) -> ArrayRecord:
         """The global model under the app's own keys; integer entries as they were given."""
-        assert self.rounds is not None and self.template is not None
-        current = dict(zip(self.float_keys, self.rounds.global_arrays()))
+        current = dict(zip(self.float_keys, self.algorithm.global_arrays()))
         return ArrayRecord(
-            array_dict={k: Array(current[k]) if k in current else a for k, a in self.template.items()}
+            array_dict={k: Array(current[k]) if k in current else a for k, a in self.model_template.items()}
         )
 
     def arrays_of(self, record: Any) -> list[np.ndarray]:
@@ -147,7 +160,7 @@ class MessageStrategy(Strategy):
         keys = list(record.keys())
         if keys == [str(i) for i in range(len(keys))]:
             return record.to_numpy_ndarrays()
-        integer_keys = {k for k, a in self.template.items() if not is_float(a)}
+        integer_keys = {k for k, a in self.model_template.items() if not is_float(a)}
         missing = [k for k in self.float_keys if k not in record]
         unexpected = [k for k in keys if k not in self.float_keys and k not in integer_keys]
         if missing or unexpected:
@@ -194,7 +207,8 @@ class MessageStrategy(Strategy):
         nodes = self.sample(grid, self.fraction_train, self.min_train_nodes, server_round, "train")
         dense = None
         messages = []
-        for node, (payload, instruction) in zip(nodes, self.rounds.configure(server_round, [str(n) for n in nodes])):
+        configured = self.algorithm.configure(server_round, [str(n) for n in nodes])
+        for node, (payload, instruction) in zip(nodes, configured):
             if payload is None:
                 dense = dense or self.global_record()
                 record = dense
@@ -209,9 +223,10 @@ class MessageStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        accepted = validate_replies([self.to_reply(m) for m in replies], self.rounds.decode, self.recorder)
-        applied = self.rounds.aggregate(server_round, accepted) if accepted else []
-        self.rounds.after_round(server_round, applied)
+        algorithm = self.algorithm
+        accepted = validate_replies([self.to_reply(m) for m in replies], algorithm.decode, self.recorder)
+        applied = algorithm.aggregate(server_round, accepted) if accepted else []
+        algorithm.after_round(server_round, applied)
         train_loss = mean_metric(applied, "train_loss")
         self.recorder.add(train_loss=train_loss)
         self.recorder.aggregated(len(applied))

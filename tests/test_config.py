@@ -47,7 +47,8 @@ def test_every_run_config_key_can_be_set_from_hydra():
 
 
 @pytest.mark.parametrize(
-    "experiment", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "experiments/conf/experiment").glob("*.yaml"))
+    "experiment",
+    sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "experiments/conf/experiment").glob("*.yaml")),
 )
 def test_each_experiment_composes_to_the_setting_its_name_says(experiment):
     from hydra import compose, initialize_config_dir

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr_privacy.strategies.legacy import parameters_nbytes
 
 from flwr_privacy.models import build_model
 from flwr_privacy.wire import arrays_to_model, flatten, model_to_arrays, trainable_mask, unflatten, wire_keys
-from flwr_privacy.strategies.legacy import parameters_nbytes
 
 
 @pytest.mark.parametrize("name,shape", [("cnn", (1, 28, 28)), ("resnet20", (3, 32, 32))])

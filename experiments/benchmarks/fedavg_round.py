@@ -118,9 +118,15 @@ def main() -> None:
     ratio = statistics.median(f / c for c, f, _ in times)
     threaded_ratio = statistics.median(t / c for c, _, t in times)
     print(f"centralized: one epoch over the {samples} samples + evaluation: {central:.3f} s")
-    print(f"federated:   one round of {NUM_CLIENTS} clients one after another, 1 local epoch each + evaluation: {federated:.3f} s")
+    print(
+        f"federated:   one round of {NUM_CLIENTS} clients one after another, 1 local epoch each + evaluation: "
+        f"{federated:.3f} s"
+    )
     print(f"ratio federated / centralized (orchestration overhead): {ratio:.2f}x")
-    print(f"federated with Flower's default thread pool (clients concurrently): {threaded:.3f} s, {threaded_ratio:.2f}x")
+    print(
+        f"federated with Flower's default thread pool (clients concurrently): {threaded:.3f} s, "
+        f"{threaded_ratio:.2f}x"
+    )
 
 
 if __name__ == "__main__":

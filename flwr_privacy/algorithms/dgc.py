@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ class DGCConfig:
     clip_norm: float | None = None
     num_workers: int = 1
     final_sparsity: float = 0.999
-    warmup_sparsities: tuple[float, ...] | None = None
+    warmup_sparsities: tuple[float, ...] = None  # type: ignore[assignment]  # None: resolved in __post_init__
     warmup_rounds_per_stage: int = 1
     selection: str = "sampled"
     sample_ratio: float = 0.01
@@ -65,7 +66,7 @@ class DGCConfig:
 
     def __post_init__(self) -> None:
         # Hydra hands over lists and run configs strings; a tuple keeps the config hashable and unchanging.
-        schedule = self.warmup_sparsities
+        schedule: Any = self.warmup_sparsities
         if schedule is None:
             schedule = [s for s in PAPER_WARMUP_SPARSITIES if s <= self.final_sparsity]
         if isinstance(schedule, str):

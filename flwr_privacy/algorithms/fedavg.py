@@ -14,7 +14,10 @@ def weighted_average(updates: list[list[np.ndarray]], num_examples: list[int]) -
     if any(n <= 0 for n in num_examples):
         raise ValueError(f"example counts must be positive, got {num_examples}")
     total = float(sum(num_examples))
-    return [
-        sum(u[i].astype(np.float64) * (n / total) for u, n in zip(updates, num_examples)).astype(np.float32)
-        for i in range(len(updates[0]))
-    ]
+    averaged = []
+    for i, first in enumerate(updates[0]):
+        acc = np.zeros(np.shape(first), dtype=np.float64)
+        for update, n in zip(updates, num_examples):
+            acc += update[i].astype(np.float64) * (n / total)
+        averaged.append(acc.astype(np.float32))
+    return averaged

@@ -42,6 +42,8 @@ class SparseUpdateCodec:
         """(int64 indices, float32 values, float32 buffers); PayloadError names what is wrong."""
         expected = 2 + len(self.buffer_shapes)
         if len(arrays) != expected:
-            raise PayloadError(f"expected {expected} arrays (indices, values, {len(self.buffer_shapes)} buffers), got {len(arrays)}")
+            raise PayloadError(
+                f"expected {expected} arrays (indices, values, {len(self.buffer_shapes)} buffers), got {len(arrays)}"
+            )
         indices, values = self.sparse.decode(list(arrays[:2]))
         return indices, values, self.buffers.decode(list(arrays[2:]))

@@ -36,8 +36,6 @@ def _sent(memory: DGCMemory, sparsity: float) -> dict[int, float]:
 
 def test_momentum_correction_with_masking_by_hand() -> None:
     memory = DGCMemory(DGCConfig(momentum=0.5, selection="topk"), segments=[4])
-    zeros = torch.zeros(4)
-
     # Round 1: u = g = [1, 2, 3, 4]; v = u. Half of 4 entries: send {2: 3, 3: 4}, clear them in u and v.
     memory.accumulate(_t(1, 2, 3, 4))
     assert _sent(memory, 0.5) == {2: 3.0, 3: 4.0}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +28,9 @@ def user_app(tmp_path, monkeypatch):
     """``user_app(algorithm, legacy=False, **run_config)``: the app with our strategy swapped in, run in
     process; returns (changed lines per file, the app's result file, the grid)."""
 
-    def run(algorithm: str, legacy: bool = False, **overrides: Any) -> tuple[dict[str, int], dict[str, Any], InProcessGrid]:
+    def run(
+        algorithm: str, legacy: bool = False, **overrides: Any
+    ) -> tuple[dict[str, int], dict[str, Any], InProcessGrid]:
         app_dir = tmp_path / f"{algorithm}-{'legacy' if legacy else 'message'}"
         changes = write_app(app_dir, algorithm, legacy)
         forget_app_modules()

@@ -6,13 +6,12 @@ import logging
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord
-from flwr.server import ServerApp, ServerAppComponents, ServerConfig
-from flwr.app import Context, RecordDict
-
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.server import ServerApp, ServerConfig
 from flwr_privacy.strategies import DGC as LegacyDGC
 from flwr_privacy.strategies.base import FederationError
 from flwr_privacy.strategies.message import DGC, FedAvg
+
 from flwr_privacy.algorithms.dgc import DGCConfig
 from flwr_privacy.wire import model_to_arrays, trainable_mask
 
@@ -23,7 +22,8 @@ def test_a_run_whose_every_reply_is_rejected_stops_with_the_reason(quickstart, c
     initial = ArrayRecord(net.state_dict())
     strategy = DGC(lr=0.1, max_failed_rounds=3)
     with caplog.at_level(logging.ERROR), pytest.raises(FederationError) as raised:
-        strategy.start(grid=quickstart.grid(), initial_arrays=initial, num_rounds=10, train_config=ConfigRecord({"lr": 0.01}))
+        lr = ConfigRecord({"lr": 0.01})
+        strategy.start(grid=quickstart.grid(), initial_arrays=initial, num_rounds=10, train_config=lr)
     message = str(raised.value)
     assert message.startswith("3 rounds in a row rejected every client reply (round 3: 4 of 4)")
     assert "expected 4 arrays" in message and "\n" not in message

@@ -59,7 +59,9 @@ def test_unknown_backend_is_a_config_error(tmp_path):
 
 @pytest.mark.slow
 def test_flwr_run_simulation_trains_fedavg_on_real_mnist(tmp_path):
-    result = run("model=mlp", "num_clients=4", "fraction_fit=1.0", "num_rounds=3", "batch_size=20", "lr=0.1", tmp_path=tmp_path)
+    result = run(
+        "model=mlp", "num_clients=4", "fraction_fit=1.0", "num_rounds=3", "batch_size=20", "lr=0.1", tmp_path=tmp_path
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = json.loads((tmp_path / "rounds.json").read_text())
     accuracy = [r["test_accuracy"] for r in rows]

@@ -6,15 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flwr.common import RecordDict, ndarrays_to_parameters, parameters_to_ndarrays
-
 from flwr_privacy.clients.dgc import MEMORY_KEY, MODEL_KEY
 from flwr_privacy.clients.state import load_arrays
+from flwr_privacy.strategies.legacy import parameters_nbytes
+
 from experiments.federation import client_data, validate_run_config
 from flwr_privacy.algorithms.dgc import kept_count
 from flwr_privacy.compression.topk import index_dtype_for
 from flwr_privacy.models import build_model
 from flwr_privacy.wire import flatten, model_to_arrays
-from flwr_privacy.strategies.legacy import parameters_nbytes
 
 NUMEL = 199_210  # the 2NN: 784*200 + 200 + 200*200 + 200 + 200*10 + 10
 
@@ -251,9 +251,10 @@ def test_config_errors_stop_before_training_and_name_the_key(tmp_path, overrides
 
 def test_the_sparse_downlink_forgets_a_client_that_stopped_participating():
     """Its delta would soon cost more than the dense model: the history stays bounded, and it gets the model."""
-    from flwr_privacy.algorithms.dgc import DGCConfig
     from flwr_privacy.strategies.base import Accepted, RoundRecorder
     from flwr_privacy.strategies.dgc import DGCRounds
+
+    from flwr_privacy.algorithms.dgc import DGCConfig
 
     numel = 1000
     rounds = DGCRounds([np.zeros((10, 100), np.float32)], [True], DGCConfig(), lr=1.0, downlink="sparse")

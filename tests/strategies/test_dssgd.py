@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 from flwr.common import RecordDict, ndarrays_to_parameters, parameters_to_ndarrays
-
 from flwr_privacy.clients.dssgd import MODEL_KEY
 from flwr_privacy.clients.state import load_arrays
+from flwr_privacy.strategies.legacy import parameters_nbytes
+
 from experiments.federation import make_client, validate_run_config
 from flwr_privacy.algorithms.dssgd import num_upload
 from flwr_privacy.compression.topk import index_dtype_for
 from flwr_privacy.wire import flatten, model_to_arrays
-from flwr_privacy.strategies.legacy import parameters_nbytes
 
 NUMEL = 199_210  # the 2NN: 784*200 + 200 + 200*200 + 200 + 200*10 + 10
 GAMMA = 0.001

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_manager import SimpleClientManager
+from flwr_privacy.strategies.legacy import parameters_nbytes
 
 from experiments.client_app import client_fn
 from experiments.federation import make_strategy, validate_run_config
 from experiments.inprocess import make_federation, run_inprocess
-from flwr_privacy.strategies.legacy import parameters_nbytes
 
 
 def run_config(tmp_path, **overrides):
@@ -136,10 +136,10 @@ def test_the_average_weighs_each_client_by_its_examples(tmp_path):
 def test_a_float16_uplink_keeps_a_change_below_float16_spacing(tmp_path):
     """float16 spacing at 1.0 is 1e-3: a 2e-4 step sent as a model would round away on the server."""
     import torch
-
     from flwr_privacy.clients import FedAvgClient
     from flwr_privacy.strategies.base import Accepted
     from flwr_privacy.strategies.fedavg import FedAvgRounds
+
     from flwr_privacy.wire import model_to_arrays
 
     model = torch.nn.Linear(4, 1)

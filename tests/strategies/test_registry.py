@@ -11,15 +11,15 @@ from dataclasses import dataclass
 
 import pytest
 from flwr.server.strategy.aggregate import aggregate_trimmed_avg
+from flwr_privacy.clients import FedAvgClient
+from flwr_privacy.strategies.base import AlgorithmRounds
+from flwr_privacy.strategies.legacy import LegacyStrategy
 
 from experiments.algorithms import ClientSetup, ServerSetup
 from experiments.federation import validate_run_config
 from flwr_privacy import registry
-from flwr_privacy.clients import FedAvgClient
 from flwr_privacy.compression.dense import DenseCodec
 from flwr_privacy.registry import Algorithm
-from flwr_privacy.strategies.base import AlgorithmRounds
-from flwr_privacy.strategies.legacy import LegacyStrategy
 
 
 @dataclass(frozen=True)
