@@ -275,3 +275,17 @@ def test_the_sparse_downlink_forgets_a_client_that_stopped_participating():
     assert payload is None and config["downlink"] == "dense"
     (payload, config), = rounds.configure(60, ["active"])
     assert config["downlink"] == "sparse"
+
+
+def test_dense_below_and_weight_decay_train_and_send_what_they_say(federation):
+    """Tensors under dense-below go whole (the 200x10 weight and the biases), the rest top-k; decay is dense."""
+    overrides = {"num-rounds": 8, "local-steps": 5, "lr": 0.05, "dgc.dense-below": 2001, "dgc.weight-decay": 1e-4}
+    fed = federation("dgc", **dgc(**overrides))
+    history = fed.run()
+    assert history[-1]["test_accuracy"] > history[0]["test_accuracy"] + 0.4
+    shapes = [a.shape for a in fed.strategy.initial_arrays]
+    whole = sum(int(np.prod(s)) for s in shapes if len(s) == 1 or np.prod(s) < 2001)
+    assert whole == 200 + 200 + 2000 + 10
+    k = whole + kept_count(784 * 200, 0.999) + kept_count(200 * 200, 0.999)
+    arrays = [np.zeros(k, index_dtype_for(NUMEL)), np.zeros(k, np.float32)]
+    assert history[-1]["bytes_up_per_client"] == parameters_nbytes(ndarrays_to_parameters(arrays))
