@@ -79,7 +79,6 @@ class DGCRounds(AlgorithmRounds):
             **to_section("dgc", self.config),
             "wire_dtype": self.value_dtype,
             "trainable_numel": self.weights.numel(),
-            "server_lr": self.lr,  # the step of a client's local SGD (local_update="local_sgd")
         }
 
     def global_arrays(self) -> list[np.ndarray]:
@@ -105,6 +104,7 @@ class DGCRounds(AlgorithmRounds):
                 "sparsity": sparsity,
                 "version": server_round - 1,
                 "downlink": "dense",
+                "server_lr": self.config.lr_at(server_round, self.lr),  # a local SGD's step (local_update)
                 **self.settings(),
             }
             payload = None
@@ -155,7 +155,7 @@ class DGCRounds(AlgorithmRounds):
         examples = [a.num_examples for a in accepted]
         update = average_sparse([(a.payload[0], a.payload[1]) for a in accepted], examples, self.weights.numel())
         before = self.weights
-        self.weights = self.server.step(update)
+        self.weights = self.server.step(update, server_round)
         if self.buffers:
             self.buffers = weighted_average([a.payload[2] for a in accepted], examples)
         if self.downlink == "sparse":

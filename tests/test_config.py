@@ -62,3 +62,22 @@ def test_each_experiment_composes_to_the_setting_its_name_says(experiment):
     assert cfg.model.replace("-", "") in (model, f"{strategy}{model}")
     if split:
         assert cfg.partition == split[0]
+
+
+def test_every_algorithm_setting_is_declared_for_flwr_run_and_hydra():
+    """flwr run accepts only the keys pyproject.toml declares; the Hydra runner sets what its strategy file has."""
+    import tomllib
+
+    import yaml
+
+    import experiments.algorithms  # noqa: F401  (registers the built-in algorithms)
+    from flwr_privacy import registry
+
+    root = Path(__file__).resolve().parents[1]
+    app_config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    for name in registry.names():
+        algorithm = registry.get(name)
+        declared = sorted(f"{name}.{k}" for k in app_config.get(name, {}))
+        assert declared == sorted(algorithm.keys), name
+        hydra = yaml.safe_load((root / "experiments" / "conf" / "strategy" / f"{name}.yaml").read_text())
+        assert sorted(f"{name}.{k.replace('_', '-')}" for k in hydra.get(name, {})) == sorted(algorithm.keys), name

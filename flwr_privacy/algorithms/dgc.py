@@ -31,6 +31,9 @@ SELECTIONS = ("topk", "sampled")
 # How a client spends local_steps mini-batches in a round: the reference's gradient accumulation (their
 # gradients at the round's weights summed into one step), or local SGD (a momentum-SGD step after each).
 LOCAL_UPDATES = ("accumulate", "local_sgd")
+# The server's learning rate after its warm-up: constant, cosine annealing to 0 over lr_total_rounds, or
+# multiplied by lr_gamma at each of lr_milestones (the reference's schedules).
+LR_SCHEDULES = ("constant", "cosine", "step")
 # The paper's warm-up (sec. 3.3): sparsity rises exponentially, about 1 - 0.25^(e+1), to 99.9 %.
 PAPER_WARMUP_SPARSITIES = (0.75, 0.9375, 0.984375, 0.996, 0.999)
 
@@ -46,6 +49,14 @@ class DGCConfig:
     As a run config writes them, ``warmup_sparsities`` may be a comma-separated string and
     ``clip_norm`` 0 means no clipping. Left unset, ``warmup_sparsities`` is the paper's schedule
     (75 %, 93.75 %, 98.4375 %, 99.6 %, 99.9 %) up to ``final_sparsity``.
+
+    ``compress_vectors`` also sparsifies one-dimensional tensors (the reference sends them dense);
+    ``local_update`` is how ``local_steps`` mini-batches make a round (``LOCAL_UPDATES``); weight decay is
+    applied by the server (``DGCServer``), not sparsified. ``nesterov`` is Nesterov momentum, in the
+    clients' correction and the server's momentum alike. The server's learning rate (``lr_at``) rises
+    linearly over ``lr_warmup_rounds``, then follows ``lr_schedule``: ``cosine`` to 0 at round
+    ``lr_total_rounds``, or ``step``, times ``lr_gamma`` at each of ``lr_milestones`` (a comma-separated
+    string in a run config).
     """
 
     momentum: float = 0.9
@@ -63,6 +74,12 @@ class DGCConfig:
     dense_below: int = 0
     compress_vectors: bool = False
     local_update: str = "accumulate"
+    nesterov: bool = False
+    lr_warmup_rounds: int = 0
+    lr_schedule: str = "constant"
+    lr_total_rounds: int = 0
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
 
     def __post_init__(self) -> None:
         # Hydra hands over lists and run configs strings; a tuple keeps the config hashable and unchanging.
@@ -75,6 +92,13 @@ class DGCConfig:
             object.__setattr__(self, "warmup_sparsities", tuple(float(s) for s in schedule))
         except (TypeError, ValueError):
             raise _invalid("warmup_sparsities", self.warmup_sparsities, "must be comma-separated numbers") from None
+        milestones: Any = self.lr_milestones
+        if isinstance(milestones, str):
+            milestones = [v for v in milestones.split(",") if v.strip()]
+        try:
+            object.__setattr__(self, "lr_milestones", tuple(int(m) for m in milestones))
+        except (TypeError, ValueError):
+            raise _invalid("lr_milestones", self.lr_milestones, "must be comma-separated round numbers") from None
         if self.clip_norm == 0 and not isinstance(self.clip_norm, bool):
             object.__setattr__(self, "clip_norm", None)
         self._check_ranges()
@@ -102,6 +126,18 @@ class DGCConfig:
             raise _invalid("dense_below", self.dense_below, "must be an integer >= 0")
         if self.local_update not in LOCAL_UPDATES:
             raise _invalid("local_update", self.local_update, f"allowed: {LOCAL_UPDATES}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise _invalid("lr_schedule", self.lr_schedule, f"allowed: {LR_SCHEDULES}")
+        for name in ("lr_warmup_rounds", "lr_total_rounds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise _invalid(name, value, "must be an integer >= 0")
+        if self.lr_schedule == "cosine" and self.lr_total_rounds <= self.lr_warmup_rounds:
+            raise _invalid("lr_total_rounds", self.lr_total_rounds, "cosine needs more rounds than lr_warmup_rounds")
+        if any(m < 1 for m in self.lr_milestones) or list(self.lr_milestones) != sorted(set(self.lr_milestones)):
+            raise _invalid("lr_milestones", self.lr_milestones, "must be increasing round numbers >= 1")
+        if not 0 < self.lr_gamma <= 1:
+            raise _invalid("lr_gamma", self.lr_gamma, "must be in (0, 1]")
 
     def _check_schedule(self) -> None:
         schedule = self.warmup_sparsities + (self.final_sparsity,)
@@ -130,6 +166,19 @@ class DGCConfig:
                 "needs local_accumulation=True: masking stops stale momentum pushing delayed residuals,"
                 " and without accumulation nothing is delayed",
             )
+
+    def lr_at(self, server_round: int, lr: float) -> float:
+        """The server's learning rate in a 1-based round: linear warm-up, then the schedule."""
+        if server_round < 1:
+            raise ValueError(f"server_round={server_round} is invalid: must be >= 1")
+        if server_round <= self.lr_warmup_rounds:
+            return lr * server_round / self.lr_warmup_rounds
+        if self.lr_schedule == "cosine":
+            done = (server_round - self.lr_warmup_rounds) / (self.lr_total_rounds - self.lr_warmup_rounds)
+            return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+        if self.lr_schedule == "step":
+            return lr * self.lr_gamma ** sum(server_round >= m for m in self.lr_milestones)
+        return lr
 
     def sparsity_at(self, round_index: int) -> float:
         """Warm-up sparsity (sec. 3.3) of the 0-based round: each schedule entry for warmup_rounds_per_stage
@@ -208,9 +257,11 @@ class DGCMemory:
         return clip_by_l2_norm(grad, self.config.clip_norm * self.config.num_workers**0.5)
 
     def momentum_correction(self, grad: torch.Tensor) -> torch.Tensor:
-        """Momentum correction (Eq. 7): u <- m u + g; v <- v + u on compressed tensors; returns v's increase."""
+        """Momentum correction (Eq. 7): u <- m u + g; v <- v + u on compressed tensors (Nesterov:
+        v <- v + g + m u, as the reference); returns v's increase."""
         self.u.mul_(self.config.momentum).add_(torch.where(self.compressed, grad, 0.0))
-        step = torch.where(self.compressed, self.u, grad)
+        velocity = grad + self.config.momentum * self.u if self.config.nesterov else self.u
+        step = torch.where(self.compressed, velocity, grad)
         self.v.add_(step)
         return step
 
@@ -368,8 +419,11 @@ class DGCServer:
         self.momentum = torch.where(with_momentum, config.momentum, 0.0)
         self.decay = per_entry(decayed_tensors(shapes), segments, weights.device) * config.weight_decay
 
-    def step(self, update: torch.Tensor) -> torch.Tensor:
-        """Apply one round's mean update; returns the new weights."""
-        self.velocity = self.momentum * self.velocity + update + self.decay * self.weights
-        self.weights = self.weights - self.lr * self.velocity
+    def step(self, update: torch.Tensor, server_round: int = 1) -> torch.Tensor:
+        """Apply one round's mean update at the round's learning rate (``DGCConfig.lr_at``); returns the
+        new weights. Nesterov: the step is g + m u rather than u."""
+        gradient = update + self.decay * self.weights
+        self.velocity = self.momentum * self.velocity + gradient
+        step = gradient + self.momentum * self.velocity if self.config.nesterov else self.velocity
+        self.weights = self.weights - self.config.lr_at(server_round, self.lr) * step
         return self.weights

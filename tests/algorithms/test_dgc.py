@@ -347,3 +347,55 @@ def test_the_default_warmup_is_the_papers_schedule_up_to_the_final_sparsity():
     assert DGCConfig().warmup_sparsities == (0.75, 0.9375, 0.984375, 0.996, 0.999)
     assert DGCConfig(final_sparsity=0.99).warmup_sparsities == (0.75, 0.9375, 0.984375)
     assert DGCConfig(final_sparsity=0.5).sparsity_at(0) == 0.5
+
+
+# --- Nesterov momentum and the server's learning-rate schedule --------------------------------------
+
+
+def test_nesterov_momentum_steps_as_torch_sgd_does_on_both_sides() -> None:
+    """Constant gradient 1, m = 0.9: torch.optim.SGD(nesterov=True) steps 1.9, 2.71, 3.439."""
+    weight = torch.zeros(1, requires_grad=True)
+    sgd = torch.optim.SGD([weight], lr=1.0, momentum=0.9, nesterov=True)
+    torch_steps = []
+    for _ in range(3):
+        before = float(weight)
+        weight.grad = torch.ones(1)
+        sgd.step()
+        torch_steps.append(before - float(weight))
+    config = DGCConfig(momentum=0.9, nesterov=True, momentum_masking=False, local_accumulation=False, selection="topk")
+    memory = DGCMemory(config, segments=[1])
+    client_steps = [float(memory.accumulate(_t(1))) for _ in range(3)]
+    server = DGCServer(torch.zeros(1), [(1,)], config, lr=1.0)  # a 1-D tensor: the server's momentum
+    server_steps = np.diff([0, *[-float(server.step(_t(1))) for _ in range(3)]])
+    np.testing.assert_allclose(client_steps, torch_steps, rtol=1e-6)
+    np.testing.assert_allclose(server_steps, torch_steps, rtol=1e-6)
+    assert torch_steps == pytest.approx([1.9, 2.71, 3.439])
+
+
+def test_the_servers_learning_rate_warms_up_then_follows_its_schedule() -> None:
+    warm = DGCConfig(lr_warmup_rounds=4)
+    assert [warm.lr_at(r, 0.8) for r in (1, 2, 4, 5, 100)] == pytest.approx([0.2, 0.4, 0.8, 0.8, 0.8])
+    cosine = DGCConfig(lr_warmup_rounds=2, lr_schedule="cosine", lr_total_rounds=12)
+    assert [cosine.lr_at(r, 1.0) for r in (2, 7, 12, 20)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    step = DGCConfig(lr_schedule="step", lr_milestones="10, 20", lr_gamma=0.5)
+    assert step.lr_milestones == (10, 20)
+    assert [step.lr_at(r, 1.0) for r in (9, 10, 19, 20)] == [1.0, 0.5, 0.5, 0.25]
+    server = DGCServer(torch.zeros(2), [(1, 2)], DGCConfig(lr_warmup_rounds=2), lr=1.0)
+    assert server.step(_t(1, 1), server_round=1).tolist() == [-0.5, -0.5]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"lr_schedule": "linear"}, "lr_schedule"),
+        ({"lr_schedule": "cosine", "lr_total_rounds": 0}, "lr_total_rounds"),
+        ({"lr_milestones": "20,10"}, "lr_milestones"),
+        ({"lr_milestones": "ten"}, "lr_milestones"),
+        ({"lr_gamma": 0.0}, "lr_gamma"),
+        ({"lr_warmup_rounds": -1}, "lr_warmup_rounds"),
+        ({"local_update": "fedprox"}, "local_update"),
+    ],
+)
+def test_bad_schedule_settings_raise_naming_the_key(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=f"DGCConfig.{match}="):
+        DGCConfig(**kwargs)

@@ -289,3 +289,15 @@ def test_dense_below_and_weight_decay_train_and_send_what_they_say(federation):
     k = whole + kept_count(784 * 200, 0.999) + kept_count(200 * 200, 0.999)
     arrays = [np.zeros(k, index_dtype_for(NUMEL)), np.zeros(k, np.float32)]
     assert history[-1]["bytes_up_per_client"] == parameters_nbytes(ndarrays_to_parameters(arrays))
+
+
+def test_run_config_forms_map_to_the_algorithms_settings():
+    """num-workers 0 is the clients sampled per round; clip-norm 0 is no clipping."""
+    from flwr_privacy import registry
+
+    run_config = {"strategy": "dgc", "num-clients": 10, "fraction-fit": 0.5, "dgc.num-workers": 0, "dgc.clip-norm": 0}
+    cfg = validate_run_config(run_config)
+    config = registry.get("dgc").config(run_config, cfg)
+    assert config.num_workers == 5 and config.clip_norm is None
+    explicit = registry.get("dgc").config({**run_config, "dgc.num-workers": 3, "dgc.clip-norm": 2.0}, cfg)
+    assert explicit.num_workers == 3 and explicit.clip_norm == 2.0
