@@ -106,6 +106,37 @@ class Accepted:
     metrics: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class MetricBound:
+    """What a client may report under one metric key: a finite number in [low, high], an integer if said."""
+
+    low: float = -1e12
+    high: float = 1e12
+    integer: bool = False
+
+
+# Any metric without a bound of its own: a finite real number of sane magnitude (or a list of them).
+ANY_METRIC = MetricBound()
+# The weight of a Message-API reply, checked by check_num_examples.
+WEIGHT_KEY = "num-examples"
+
+
+def check_metrics(metrics: dict[str, Any], bounds: dict[str, MetricBound]) -> None:
+    """Every metric a client reported is a number (not a bool, a string or NaN) within its bound; raises
+    ValueError naming the key, the value and what is allowed. Nothing a client says is trusted."""
+    for key, value in metrics.items():
+        if key == WEIGHT_KEY:
+            continue
+        bound = bounds.get(key, ANY_METRIC)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, bool) or not isinstance(item, (int, float, np.integer, np.floating)):
+                raise ValueError(f"metric {key}={value!r} must be a number")
+            if not (math.isfinite(item) and bound.low <= item <= bound.high):
+                raise ValueError(f"metric {key}={value!r} must be finite and in [{bound.low:g}, {bound.high:g}]")
+            if bound.integer and float(item) != int(item):
+                raise ValueError(f"metric {key}={value!r} must be an integer")
+
+
 def check_num_examples(value: Any) -> int:
     """A reply's example count: a positive int (not a bool, not a float that happens to be whole)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
@@ -199,20 +230,25 @@ class RoundRecorder:
         return record
 
 
-def validate_replies(
-    replies: Sequence[Reply], decode: Callable[[list[np.ndarray]], Any], recorder: RoundRecorder
-) -> list[Accepted]:
-    """Decode and check every reply with ``decode``; a bad one becomes a logged failure, not an update."""
+def validate_replies(replies: Sequence[Reply], rounds: AlgorithmRounds, server_round: int) -> list[Accepted]:
+    """Check every reply (its size before anything is decoded, its example count, its metrics, then its
+    arrays with the algorithm's ``decode``); a bad one becomes a logged failure, not an update."""
     accepted = []
+    recorder = rounds.recorder
+    max_nbytes = rounds.max_reply_nbytes(server_round)
+    bounds = rounds.metric_bounds(server_round)
     for reply in sorted(replies, key=lambda r: r.client):
         recorder.received(reply.nbytes)
         try:
             if reply.error is not None:
                 raise ValueError(reply.error)
+            if max_nbytes is not None and reply.nbytes > max_nbytes:
+                raise ValueError(f"the reply carries {reply.nbytes} bytes of arrays, over this round's {max_nbytes}")
             num_examples = check_num_examples(reply.num_examples)
+            check_metrics(dict(reply.metrics or {}), bounds)
             if reply.arrays is None:
                 raise ValueError("the reply carries no arrays")
-            payload = decode(reply.arrays())
+            payload = rounds.decode(reply.arrays())
         except Exception as err:  # any malformed reply is that client's failure, never the round's
             recorder.failed(reply.client, str(err))
             continue
@@ -286,6 +322,20 @@ class AlgorithmRounds(ABC):
     @abstractmethod
     def global_arrays(self) -> list[np.ndarray]:
         """The current global model, float32, in wire order."""
+
+    def metric_bounds(self, server_round: int) -> dict[str, MetricBound]:
+        """What the algorithm's clients may report besides any finite number (``ANY_METRIC``)."""
+        return {}
+
+    def max_reply_nbytes(self, server_round: int) -> int | None:
+        """The most bytes of arrays a reply may carry this round, checked before decoding (None: no cap).
+        Twice the algorithm's payload and 64 KiB of slack: enough for any framing, far from a flood."""
+        expected = self.payload_nbytes(server_round)
+        return None if expected is None else 2 * expected + 65_536
+
+    def payload_nbytes(self, server_round: int) -> int | None:
+        """Bytes of array data a well-formed reply carries at most this round (None: not known)."""
+        return None
 
     def after_round(self, server_round: int, accepted: list[Accepted]) -> None:  # noqa: B027 (optional hook)
         """Hook run after every round's aggregation, accepted or not (e.g. DSSGD's counter decay)."""

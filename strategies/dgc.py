@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config
+from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config, MetricBound
 from flwr_privacy.strategies.legacy import LegacyStrategy
 
-from flwr_privacy.algorithms.dgc import DGCConfig, DGCServer, average_sparse
+from flwr_privacy.algorithms.dgc import DGCConfig, DGCServer, average_sparse, dense_tensors, entries_sent
 from flwr_privacy.algorithms.fedavg import weighted_average
+from flwr_privacy.compression.base import PayloadError
 from flwr_privacy.compression.dense import DenseCodec
 from flwr_privacy.compression.model_update import SparseUpdateCodec
 from flwr_privacy.config import to_section
@@ -62,7 +63,10 @@ class DGCRounds(AlgorithmRounds):
         self.weights, self.buffers = split_trainable(self.initial_arrays, self.trainable)
         parameter_shapes = [shape for shape, t in zip(self.shapes, self.trainable) if t]
         self.server = DGCServer(self.weights, parameter_shapes, config, lr)
+        self.segments = [int(np.prod(shape)) for shape in parameter_shapes]
+        self.whole = dense_tensors(parameter_shapes, config)
         dense_shapes = buffer_shapes(self.shapes, self.trainable)
+        self.buffer_nbytes = sum(4 * int(np.prod(s)) + 128 for s in dense_shapes)
         self.sparse_codec = SparseUpdateCodec(self.weights.numel(), dense_shapes, value_dtype)
         # The downlink overwrites the clients' copies with these values: float32 whatever the uplink's
         # dtype, or a float16 wire would leave every client a slightly different model than the server's.
@@ -73,6 +77,7 @@ class DGCRounds(AlgorithmRounds):
         self.versions: dict[str, int] = {}
         self.sampled: list[str] = []
         self.round_sparsity = config.sparsity_at(0)
+        self.round_k = self.entries(1)
 
     def settings(self) -> Config:
         return {
@@ -117,14 +122,31 @@ class DGCRounds(AlgorithmRounds):
             instructions.append((payload, config))
         self.sampled = list(clients)
         self.round_sparsity = sparsity
+        self.round_k = self.entries(server_round)
         return instructions
 
+    def entries(self, server_round: int) -> int:
+        """Entries a client sends this round: its k (tensors sent whole count in full)."""
+        return entries_sent(self.segments, self.whole, self.config.sparsity_at(server_round - 1))
+
+    def payload_nbytes(self, server_round: int) -> int:
+        if self.config.sparsity_at(server_round - 1) == 0:
+            return self.weights.numel() * np.dtype(self.value_dtype).itemsize + 128 + self.buffer_nbytes
+        return self.entries(server_round) * self.sparse_codec.sparse.bytes_per_entry + 256 + self.buffer_nbytes
+
+    def metric_bounds(self, server_round: int) -> dict[str, MetricBound]:
+        return {"sent": MetricBound(0, self.entries(server_round), integer=True)}
+
     def decode(self, arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, list[np.ndarray]]:
-        """A client's reply as (indices, values, buffers): dense at sparsity 0, top-k otherwise."""
+        """A client's reply as (indices, values, buffers): dense at sparsity 0, top-k otherwise, with no
+        more entries than the round's k."""
         if self.round_sparsity == 0:
             decoded = self.dense_codec.decode(arrays)
             return torch.arange(self.weights.numel()), torch.from_numpy(decoded[0]), decoded[1:]
-        return self.sparse_codec.decode(arrays)
+        indices, values, buffers = self.sparse_codec.decode(arrays)
+        if len(indices) > self.round_k:
+            raise PayloadError(f"{len(indices)} entries sent, more than this round's k={self.round_k}")
+        return indices, values, buffers
 
     def after_round(self, server_round: int, accepted: list[Accepted]) -> None:
         # A client that failed may not have stored the model it was sent: it gets a dense one next time.

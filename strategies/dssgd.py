@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config
+from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config, MetricBound
 from flwr_privacy.strategies.legacy import LegacyStrategy
 
-from flwr_privacy.algorithms.dssgd import DSSGDConfig, DSSGDServer
+from flwr_privacy.algorithms.dssgd import DSSGDConfig, DSSGDServer, num_upload
 from flwr_privacy.algorithms.fedavg import weighted_average
+from flwr_privacy.compression.base import PayloadError
 from flwr_privacy.compression.model_update import SparseUpdateCodec
 from flwr_privacy.config import to_section
 from flwr_privacy.wire import buffer_shapes, join_trainable, split_trainable
@@ -65,8 +66,29 @@ class DSSGDRounds(AlgorithmRounds):
             config["download"] = "sparse"
         return [(payload, dict(config)) for _ in clients]
 
+    @property
+    def upload_count(self) -> int:
+        """c = ceil(theta_u |w|): the most values a participant uploads."""
+        return num_upload(self.config.theta_u, self.server.num_params)
+
+    def payload_nbytes(self, server_round: int) -> int:
+        buffers = sum(4 * int(np.prod(s)) + 128 for s in self.codec.buffer_shapes)
+        return self.upload_count * self.codec.sparse.bytes_per_entry + 256 + buffers
+
+    def metric_bounds(self, server_round: int) -> dict[str, MetricBound]:
+        return {
+            "sent": MetricBound(0, self.upload_count, integer=True),
+            "partition_id": MetricBound(0, 2**31 - 1, integer=True),
+            "epsilon": MetricBound(0, 1e12),
+            "epsilon_claimed": MetricBound(0, 1e12),
+        }
+
     def decode(self, arrays: list[np.ndarray]) -> Any:
-        return self.codec.decode(arrays)
+        """A participant's upload: at most c values (step 4), checked by the codec."""
+        indices, values, buffers = self.codec.decode(arrays)
+        if len(indices) > self.upload_count:
+            raise PayloadError(f"{len(indices)} values uploaded, more than c={self.upload_count}")
+        return indices, values, buffers
 
     def aggregate(self, server_round: int, accepted: list[Accepted]) -> list[Accepted]:
         applied = []

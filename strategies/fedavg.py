@@ -34,6 +34,10 @@ class FedAvgRounds(AlgorithmRounds):
     def configure(self, server_round: int, clients: Sequence[str]) -> list[tuple[None, Config]]:
         return [(None, {"server_round": server_round, **self.settings()}) for _ in clients]
 
+    def payload_nbytes(self, server_round: int) -> int:
+        itemsize = np.dtype(self.codec.dtype).itemsize
+        return sum(itemsize * int(np.prod(shape)) + 128 for shape in self.shapes)
+
     def decode(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         return self.codec.decode(arrays)
 

@@ -166,7 +166,7 @@ class LegacyStrategy(Strategy):
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         replies = [failure_reply(f) for f in failures] + [legacy_reply(c, r) for c, r in results]
-        accepted = validate_replies(replies, self.rounds.decode, self.recorder)
+        accepted = validate_replies(replies, self.rounds, server_round)
         applied = self.rounds.aggregate(server_round, accepted) if accepted else []
         self.rounds.after_round(server_round, applied)
         self.recorder.add(train_loss=mean_metric(applied, "train_loss"))

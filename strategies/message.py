@@ -224,7 +224,7 @@ class MessageStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         algorithm = self.algorithm
-        accepted = validate_replies([self.to_reply(m) for m in replies], algorithm.decode, self.recorder)
+        accepted = validate_replies([self.to_reply(m) for m in replies], algorithm, server_round)
         applied = algorithm.aggregate(server_round, accepted) if accepted else []
         algorithm.after_round(server_round, applied)
         train_loss = mean_metric(applied, "train_loss")

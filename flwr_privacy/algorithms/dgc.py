@@ -218,6 +218,11 @@ def per_entry(flags: Sequence[bool], segments: Sequence[int], device: torch.devi
     ).to(device)
 
 
+def entries_sent(segments: Sequence[int], dense: Sequence[bool], sparsity: float) -> int:
+    """Entries a client sends at this sparsity: the sum over tensors of kept_count, or all of a dense one."""
+    return sum(n if whole else kept_count(n, sparsity) for n, whole in zip(segments, dense))
+
+
 class DGCMemory:
     """One client's u (momentum) and v (accumulated gradient) over a flat model, per Algorithm 1 and Eq. 7.
 
@@ -321,8 +326,8 @@ class DGCMemory:
         return indices, values
 
     def num_selected(self, sparsity: float) -> int:
-        """Entries compress sends at this sparsity: the sum over tensors of kept_count (or all, if dense)."""
-        return sum(n if dense else kept_count(n, sparsity) for n, dense in zip(self.segments, self.dense))
+        """Entries compress sends at this sparsity (``entries_sent``)."""
+        return entries_sent(self.segments, self.dense, sparsity)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """u and v as float32 NumPy copies, to survive between rounds in the client's context state."""

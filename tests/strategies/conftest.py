@@ -118,7 +118,7 @@ def federation(tmp_path):
 def reply():
     """``reply(arrays, num_examples)``: a client's fit reply, serialized as Flower serializes it."""
 
-    def build(arrays: list[np.ndarray], num_examples: int = 1000) -> FitRes:
-        return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), num_examples, {})
+    def build(arrays: list[np.ndarray], num_examples: int = 1000, metrics: dict | None = None) -> FitRes:
+        return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), num_examples, metrics or {})
 
     return build

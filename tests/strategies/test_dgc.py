@@ -74,8 +74,10 @@ def malformed(kind):
         return [indices, np.array([0.5, np.nan, 2.0], np.float32)], 1000, "NaN or Inf"
     if kind == "inf":
         return [indices, np.array([0.5, -np.inf, 2.0], np.float32)], 1000, "NaN or Inf"
-    if kind == "too-many":
-        return [np.arange(NUMEL + 1, dtype=np.uint32), np.zeros(NUMEL + 1, np.float32)], 1000, "for a vector of only"
+    if kind == "too-many":  # refused on its size, before it is decoded
+        return [np.arange(NUMEL + 1, dtype=np.uint32), np.zeros(NUMEL + 1, np.float32)], 1000, "bytes of arrays, over"
+    if kind == "over-k":  # well-formed, small, but more than the round's k = 199 + 410 biases sent whole
+        return [np.arange(700, dtype=np.uint32), np.ones(700, np.float32)], 1000, "700 entries sent, more than"
     if kind == "one-array":
         return [indices], 1000, "expected 2 arrays"
     if kind == "three-arrays":
@@ -89,7 +91,7 @@ def malformed(kind):
 
 KINDS = [
     "out-of-range", "negative", "duplicate", "lengths", "float64", "nan", "inf",
-    "too-many", "one-array", "three-arrays", "zero-examples", "negative-examples",
+    "too-many", "over-k", "one-array", "three-arrays", "zero-examples", "negative-examples",
 ]  # fmt: skip
 
 
@@ -301,3 +303,28 @@ def test_run_config_forms_map_to_the_algorithms_settings():
     assert config.num_workers == 5 and config.clip_norm is None
     explicit = registry.get("dgc").config({**run_config, "dgc.num-workers": 3, "dgc.clip-norm": 2.0}, cfg)
     assert explicit.num_workers == 3 and explicit.clip_norm == 2.0
+
+
+@pytest.mark.parametrize(
+    "metrics,reason",
+    [
+        ({"sent": "abc"}, "metric sent='abc' must be a number"),
+        ({"train_loss": float("nan")}, "metric train_loss=nan must be finite"),
+        ({"sent": True}, "metric sent=True must be a number"),
+        ({"sent": -1}, "metric sent=-1 must be finite and in [0, 609]"),
+        ({"sent": 10**18}, "metric sent=1000000000000000000 must be finite and in [0, 609]"),
+        ({"train_loss": 1e300}, "metric train_loss=1e+300 must be finite and in [-1e+12, 1e+12]"),
+        ({"sent": 2.5}, "metric sent=2.5 must be an integer"),
+    ],
+)
+def test_a_reply_with_a_bad_metric_is_rejected_with_the_reason(federation, reply, metrics, reason, caplog):
+    fed = federation("dgc", **dgc(**{"dgc.warmup-sparsities": ""}))
+    strategy = fed.strategy
+    strategy.configure_fit(1, strategy.initialize_parameters(fed.manager), fed.manager)
+    good, bad = fed.proxies[:2]
+    replies = [(good, reply(good_update(), metrics={"sent": 3})), (bad, reply(good_update(), metrics=metrics))]
+    params, _ = strategy.aggregate_fit(1, replies, [])
+    assert params is not None
+    strategy.evaluate(1, params)  # the server keeps running: the round closes with the good reply
+    assert strategy.history[-1]["failures"] == 1 and strategy.history[-1]["accepted"] == 1
+    assert f"client {bad.cid}: reply rejected: {reason}" in caplog.text

@@ -188,3 +188,31 @@ def test_the_inprocess_backend_fits_one_client_at_a_time(tmp_path):
         proxy.fit = counting_fit
     run_inprocess(strategy, manager, 1)
     assert most[0] == 1 and strategy.history[-1]["accepted"] == 4
+
+
+def test_a_400_mb_reply_is_refused_before_it_is_decoded(tmp_path, caplog):
+    import io
+    import tracemalloc
+
+    from flwr.common import Parameters
+
+    strategy, manager = build(tmp_path)
+    good, flood = sorted(manager.all().values(), key=lambda p: p.cid)[:2]
+    strategy.configure_fit(1, strategy.initialize_parameters(manager), manager)
+    blob = io.BytesIO()
+    np.save(blob, np.zeros(100_000_000, np.float32), allow_pickle=False)  # a valid 400 MB array
+    huge = Parameters(tensors=[blob.getvalue()], tensor_type="numpy.ndarray")
+    del blob
+    replies = [
+        (good, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(good_arrays(strategy)), 100, {})),
+        (flood, FitRes(Status(Code.OK, ""), huge, 100, {})),
+    ]
+    tracemalloc.start()
+    try:
+        params, _ = strategy.aggregate_fit(1, replies, [])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50e6, f"{peak / 1e6:.0f} MB allocated while refusing it"
+    assert all(np.allclose(r, g) for r, g in zip(parameters_to_ndarrays(params), good_arrays(strategy)))
+    assert "the reply carries 400000128 bytes of arrays, over this round's" in caplog.text
