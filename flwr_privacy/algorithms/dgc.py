@@ -83,27 +83,25 @@ class DGCConfig:
 
     def __post_init__(self) -> None:
         # Hydra hands over lists and run configs strings; a tuple keeps the config hashable and unchanging.
-        schedule: Any = self.warmup_sparsities
-        if schedule is None:
-            schedule = [s for s in PAPER_WARMUP_SPARSITIES if s <= self.final_sparsity]
-        if isinstance(schedule, str):
-            schedule = [v for v in schedule.split(",") if v.strip()]
-        try:
-            object.__setattr__(self, "warmup_sparsities", tuple(float(s) for s in schedule))
-        except (TypeError, ValueError):
-            raise _invalid("warmup_sparsities", self.warmup_sparsities, "must be comma-separated numbers") from None
-        milestones: Any = self.lr_milestones
-        if isinstance(milestones, str):
-            milestones = [v for v in milestones.split(",") if v.strip()]
-        try:
-            object.__setattr__(self, "lr_milestones", tuple(int(m) for m in milestones))
-        except (TypeError, ValueError):
-            raise _invalid("lr_milestones", self.lr_milestones, "must be comma-separated round numbers") from None
+        if self.warmup_sparsities is None:
+            paper = tuple(s for s in PAPER_WARMUP_SPARSITIES if s <= self.final_sparsity)
+            object.__setattr__(self, "warmup_sparsities", paper)
+        self._as_tuple("warmup_sparsities", float, "must be comma-separated numbers")
+        self._as_tuple("lr_milestones", int, "must be comma-separated round numbers")
         if self.clip_norm == 0 and not isinstance(self.clip_norm, bool):
             object.__setattr__(self, "clip_norm", None)
         self._check_ranges()
         self._check_schedule()
         self._check_combinations()
+
+    def _as_tuple(self, key: str, cast: Callable[[Any], Any], allowed: str) -> None:
+        """A list, a tuple or a comma-separated string of values, stored as a tuple of ``cast`` values."""
+        value = getattr(self, key)
+        items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        try:
+            object.__setattr__(self, key, tuple(cast(v) for v in items))
+        except (TypeError, ValueError):
+            raise _invalid(key, value, allowed) from None
 
     def _check_ranges(self) -> None:
         if not 0 <= self.momentum < 1:
