@@ -358,10 +358,10 @@ def test_nesterov_momentum_steps_as_torch_sgd_does_on_both_sides() -> None:
     sgd = torch.optim.SGD([weight], lr=1.0, momentum=0.9, nesterov=True)
     torch_steps = []
     for _ in range(3):
-        before = float(weight)
+        before = weight.item()
         weight.grad = torch.ones(1)
         sgd.step()
-        torch_steps.append(before - float(weight))
+        torch_steps.append(before - weight.item())
     config = DGCConfig(momentum=0.9, nesterov=True, momentum_masking=False, local_accumulation=False, selection="topk")
     memory = DGCMemory(config, segments=[1])
     client_steps = [float(memory.accumulate(_t(1))) for _ in range(3)]
