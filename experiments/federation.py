@@ -24,6 +24,7 @@ def validate_run_config(run_config: dict[str, Any]) -> RunConfig:
     """Check every key of a run config, the algorithms' sections included, before anything trains."""
     cfg = RunConfig.from_run_config(run_config)
     registry.get(cfg.strategy)
+    pick_device(cfg.device)  # CUDA asked for and absent: said before any data is loaded
     sections = {k.split(".", 1)[0] for k in run_config if "." in k}
     unknown = sections - set(registry.names())
     if unknown:

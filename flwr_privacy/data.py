@@ -59,7 +59,9 @@ class TensorData:
 
 
 def _normalise(images: np.ndarray, labels: np.ndarray, mean, std) -> TensorData:
-    """uint8 NHWC (or NHW) images -> standardised float32 NCHW tensor."""
+    """uint8 NHWC (or NHW) images -> standardised float32 NCHW tensor; as many labels as images."""
+    if len(images) != len(labels):
+        raise DataError(f"{len(images)} images but {len(labels)} labels: the files do not belong together")
     x = torch.from_numpy(np.array(images, dtype=np.uint8)).float().div_(255.0)
     if x.ndim == 3:
         x = x.unsqueeze(-1)
@@ -89,11 +91,19 @@ def load_embedded_mnist() -> tuple[TensorData, TensorData]:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """Parse one gzipped IDX file (the original MNIST format)."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
+    """Parse one gzipped IDX file (the original MNIST format); a truncated or foreign file is a DataError."""
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as err:  # not gzip, or cut short
+        raise DataError(f"{path} is not a complete gzip file ({type(err).__name__}: {err})") from None
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise DataError(f"{path} is not an IDX file of unsigned bytes (magic {data[:4].hex() or 'missing'})")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = 4 + 4 * ndim + int(np.prod(dims))
+    if len(data) != expected:
+        raise DataError(f"{path} holds {len(data)} bytes, its header {dims} says {expected}")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 

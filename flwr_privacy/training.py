@@ -58,6 +58,8 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda"):
         raise ValueError(f"device={name!r} is unknown; allowed: ['auto', 'cpu', 'cuda']")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no CUDA device here; allowed: 'auto' or 'cpu'")
     return torch.device(name)
 
 

@@ -42,3 +42,54 @@ def test_folder_without_files_names_what_is_expected(tmp_path):
         check_data("mnist", str(tmp_path))
     with pytest.raises(DataError, match="holds no CIFAR-10"):
         check_data("cifar10", str(tmp_path))
+
+
+def test_mnist_files_that_are_cut_short_foreign_or_mismatched_are_named(shared_data, tmp_path):
+    import gzip
+    import shutil
+
+    from flwr_privacy.data import DataError, load_mnist
+
+    source = shared_data / "mnist" / "MNIST" / "raw"
+    names = [p.name for p in source.glob("*.gz")]
+
+    def copy(into):
+        into.mkdir()
+        for name in names:
+            shutil.copy(source / name, into / name)
+        return into
+
+    truncated = copy(tmp_path / "truncated")
+    path = truncated / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:100_000])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz is not a complete gzip file"):
+        load_mnist(truncated)
+
+    foreign = copy(tmp_path / "foreign")
+    (foreign / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz is not a complete gzip file"):
+        load_mnist(foreign)
+
+    mismatched = copy(tmp_path / "mismatched")  # the 10,000 test labels beside the 60,000 training images
+    shutil.copy(source / "t10k-labels-idx1-ubyte.gz", mismatched / "train-labels-idx1-ubyte.gz")
+    with pytest.raises(DataError, match="60000 images but 10000 labels"):
+        load_mnist(mismatched)
+
+    short = copy(tmp_path / "short")  # valid gzip, an IDX body cut short
+    with gzip.open(source / "train-labels-idx1-ubyte.gz") as f:
+        body = f.read()
+    with gzip.open(short / "train-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(body[:-10])
+    with pytest.raises(DataError, match="header \\[60000\\] says 60008"):
+        load_mnist(short)
+
+
+def test_cuda_asked_for_without_a_gpu_is_a_config_error():
+    import torch
+
+    from experiments.federation import validate_run_config
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="device='cuda' but torch sees no CUDA device here"):
+        validate_run_config({"device": "cuda"})
