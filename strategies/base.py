@@ -31,6 +31,9 @@ Config = dict[str, Any]
 
 # A round in which every reply is rejected is logged; this many in a row stop the run.
 MAX_FAILED_ROUNDS = 3
+# An update may move the global model by at most this many times its norm (floored at 1): far beyond any
+# honest step, far below a model-wrecking one (values of 1e30, sign-flipped updates scaled by 1e6).
+MAX_UPDATE_RATIO = 10.0
 # What a client's error text is cut to in the log and in the final error (a traceback is kilobytes).
 REASON_CHARS = 300
 
@@ -135,6 +138,18 @@ def check_metrics(metrics: dict[str, Any], bounds: dict[str, MetricBound]) -> No
                 raise ValueError(f"metric {key}={value!r} must be finite and in [{bound.low:g}, {bound.high:g}]")
             if bound.integer and float(item) != int(item):
                 raise ValueError(f"metric {key}={value!r} must be an integer")
+
+
+def arrays_norm(arrays: Sequence[np.ndarray]) -> float:
+    """The L2 norm of a list of arrays taken as one vector, in float64 (no overflow for finite float32)."""
+    return math.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays))
+
+
+def check_update_norm(update_norm: float, weights_norm: float, ratio: float) -> None:
+    """An update's L2 norm must stay within ``ratio`` times the global model's (at least ``ratio``)."""
+    bound = ratio * max(weights_norm, 1.0)
+    if not update_norm <= bound:
+        raise ValueError(f"update norm {update_norm:.4g} is over {ratio:g} x the global model's norm ({bound:.4g})")
 
 
 def check_num_examples(value: Any) -> int:
@@ -295,6 +310,7 @@ class AlgorithmRounds(ABC):
     """
 
     recorder: RoundRecorder
+    max_update_ratio: float = MAX_UPDATE_RATIO  # set by the strategy (its ``max_update_ratio`` option)
 
     def __init__(self, initial_arrays: Sequence[np.ndarray]) -> None:
         self.initial_arrays = float_arrays(initial_arrays)

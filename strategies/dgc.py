@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config, MetricBound
+from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config, MetricBound, check_update_norm
 from flwr_privacy.strategies.legacy import LegacyStrategy
 
 from flwr_privacy.algorithms.dgc import DGCConfig, DGCServer, average_sparse, dense_tensors, entries_sent
@@ -142,11 +142,18 @@ class DGCRounds(AlgorithmRounds):
         more entries than the round's k."""
         if self.round_sparsity == 0:
             decoded = self.dense_codec.decode(arrays)
+            self.check_step(torch.from_numpy(decoded[0]))
             return torch.arange(self.weights.numel()), torch.from_numpy(decoded[0]), decoded[1:]
         indices, values, buffers = self.sparse_codec.decode(arrays)
         if len(indices) > self.round_k:
             raise PayloadError(f"{len(indices)} entries sent, more than this round's k={self.round_k}")
+        self.check_step(values)
         return indices, values, buffers
+
+    def check_step(self, values: torch.Tensor) -> None:
+        """The step the update alone would take, lr * ||v||, bounded like any update (``check_update_norm``)."""
+        step = self.lr * float(torch.linalg.vector_norm(values.double()))
+        check_update_norm(step, float(torch.linalg.vector_norm(self.weights.double())), self.max_update_ratio)
 
     def after_round(self, server_round: int, accepted: list[Accepted]) -> None:
         # A client that failed may not have stored the model it was sent: it gets a dense one next time.

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config
+from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config, arrays_norm, check_update_norm
 from flwr_privacy.strategies.legacy import LegacyStrategy
 
 from flwr_privacy.algorithms.fedavg import weighted_average
@@ -39,7 +39,12 @@ class FedAvgRounds(AlgorithmRounds):
         return sum(itemsize * int(np.prod(shape)) + 128 for shape in self.shapes)
 
     def decode(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        return self.codec.decode(arrays)
+        """The client's model (or change, with a float16 uplink), its move bounded (``check_update_norm``)."""
+        decoded = self.codec.decode(arrays)
+        delta = self.settings()["uplink"] == "delta"
+        change = decoded if delta else [d.astype(np.float64) - w for d, w in zip(decoded, self.model)]
+        check_update_norm(arrays_norm(change), arrays_norm(self.model), self.max_update_ratio)
+        return decoded
 
     def aggregate(self, server_round: int, accepted: list[Accepted]) -> list[Accepted]:
         average = weighted_average([a.payload for a in accepted], [a.num_examples for a in accepted])

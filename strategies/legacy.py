@@ -27,6 +27,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from flwr_privacy.strategies.base import (
     MAX_FAILED_ROUNDS,
+    MAX_UPDATE_RATIO,
     AlgorithmRounds,
     Reply,
     RoundCallback,
@@ -89,6 +90,7 @@ class LegacyStrategy(Strategy):
         on_evaluate_config_fn: FitConfigFn | None = None,
         seed: int | None = None,
         max_failed_rounds: int = MAX_FAILED_ROUNDS,
+        max_update_ratio: float = MAX_UPDATE_RATIO,
         on_round: RoundCallback | None = None,
     ) -> None:
         super().__init__()
@@ -99,7 +101,11 @@ class LegacyStrategy(Strategy):
             raise ValueError(f"min_fit_clients={min_fit_clients!r} must be an integer >= 1")
         if max_failed_rounds < 1:
             raise ValueError(f"max_failed_rounds={max_failed_rounds} must be >= 1")
+        if not max_update_ratio > 0:
+            raise ValueError(f"max_update_ratio={max_update_ratio} must be > 0")
+        self.max_update_ratio = max_update_ratio
         self.rounds = rounds
+        rounds.max_update_ratio = max_update_ratio
         self.evaluate_fn = evaluate_fn
         self.fraction_fit = fraction_fit
         self.fraction_evaluate = fraction_evaluate

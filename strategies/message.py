@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr_privacy.strategies.base import (
     MAX_FAILED_ROUNDS,
+    MAX_UPDATE_RATIO,
     AlgorithmRounds,
     Reply,
     RoundCallback,
@@ -88,6 +89,7 @@ class MessageStrategy(Strategy):
         configrecord_key: str = "config",
         seed: int | None = None,
         max_failed_rounds: int = MAX_FAILED_ROUNDS,
+        max_update_ratio: float = MAX_UPDATE_RATIO,
         on_round: RoundCallback | None = None,
     ) -> None:
         if not 0 < fraction_train <= 1:
@@ -97,6 +99,9 @@ class MessageStrategy(Strategy):
         check_sampling(fraction_evaluate, min_evaluate_nodes, "evaluate")
         if max_failed_rounds < 1:
             raise ValueError(f"max_failed_rounds={max_failed_rounds} must be >= 1")
+        if not max_update_ratio > 0:
+            raise ValueError(f"max_update_ratio={max_update_ratio} must be > 0")
+        self.max_update_ratio = max_update_ratio
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.min_train_nodes = min_train_nodes
@@ -131,6 +136,7 @@ class MessageStrategy(Strategy):
             raise ValueError("initial_arrays holds no floating-point array: nothing to train")
         self.rounds = self.build_rounds([arrays[k].numpy() for k in self.float_keys], self.float_keys)
         self.rounds.recorder = self.recorder
+        self.rounds.max_update_ratio = self.max_update_ratio
 
     @property
     def algorithm(self) -> AlgorithmRounds:

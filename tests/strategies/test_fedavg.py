@@ -123,14 +123,15 @@ def test_the_average_weighs_each_client_by_its_examples(tmp_path):
     strategy, manager = build(tmp_path)
     a, b = sorted(manager.all().values(), key=lambda p: p.cid)[:2]
     strategy.configure_fit(1, strategy.initialize_parameters(manager), manager)
-    small = [np.zeros_like(x) for x in strategy.initial_arrays]
-    large = [np.ones_like(x) for x in strategy.initial_arrays]
+    small = [x.copy() for x in strategy.initial_arrays]
+    large = [x + 0.01 for x in strategy.initial_arrays]
     replies = [
         (a, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(small), 100, {})),
         (b, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(large), 300, {})),
     ]
     params, _ = strategy.aggregate_fit(1, replies, [])
-    assert all(np.allclose(x, 0.75) for x in parameters_to_ndarrays(params))  # 300 / (100 + 300), not 1 / 2
+    expected = [x + 0.0075 for x in strategy.initial_arrays]  # 300 / (100 + 300) of the step, not 1 / 2
+    assert all(np.allclose(x, e, atol=1e-6) for x, e in zip(parameters_to_ndarrays(params), expected))
 
 
 def test_a_float16_uplink_keeps_a_change_below_float16_spacing(tmp_path):
