@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -34,6 +35,9 @@ MAX_FAILED_ROUNDS = 3
 # An update may move the global model by at most this many times its norm (floored at 1): far beyond any
 # honest step, far below a model-wrecking one (values of 1e30, sign-flipped updates scaled by 1e6).
 MAX_UPDATE_RATIO = 10.0
+# A client's example count weighs at most this many times the round's median count (median_low: one
+# inflated claim cannot lift it): unequal honest partitions keep their weights, a claim of 1e12 does not.
+MAX_EXAMPLES_RATIO = 10.0
 # What a client's error text is cut to in the log and in the final error (a traceback is kilobytes).
 REASON_CHARS = 300
 
@@ -268,6 +272,20 @@ def validate_replies(replies: Sequence[Reply], rounds: AlgorithmRounds, server_r
             recorder.failed(reply.client, str(err))
             continue
         accepted.append(Accepted(reply.client, payload, num_examples, dict(reply.metrics or {})))
+    return bound_weights(accepted, rounds.max_examples_ratio, server_round)
+
+
+def bound_weights(accepted: list[Accepted], ratio: float, server_round: int = 0) -> list[Accepted]:
+    """Example counts above ``ratio`` times the round's lower median are cut to it, and logged: a
+    client cannot buy the average by claiming more data than it trained on."""
+    if len(accepted) < 2:
+        return accepted
+    cap = max(1, int(ratio * statistics.median_low(a.num_examples for a in accepted)))
+    for a in accepted:
+        if a.num_examples > cap:
+            claimed = a.num_examples
+            log(WARNING, "round %s: client %s claims %d examples; weighed as %d", server_round, a.client, claimed, cap)
+            a.num_examples = cap
     return accepted
 
 
@@ -311,6 +329,7 @@ class AlgorithmRounds(ABC):
 
     recorder: RoundRecorder
     max_update_ratio: float = MAX_UPDATE_RATIO  # set by the strategy (its ``max_update_ratio`` option)
+    max_examples_ratio: float = MAX_EXAMPLES_RATIO  # likewise
 
     def __init__(self, initial_arrays: Sequence[np.ndarray]) -> None:
         self.initial_arrays = float_arrays(initial_arrays)

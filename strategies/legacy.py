@@ -26,6 +26,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from flwr_privacy.strategies.base import (
+    MAX_EXAMPLES_RATIO,
     MAX_FAILED_ROUNDS,
     MAX_UPDATE_RATIO,
     AlgorithmRounds,
@@ -91,6 +92,7 @@ class LegacyStrategy(Strategy):
         seed: int | None = None,
         max_failed_rounds: int = MAX_FAILED_ROUNDS,
         max_update_ratio: float = MAX_UPDATE_RATIO,
+        max_examples_ratio: float = MAX_EXAMPLES_RATIO,
         on_round: RoundCallback | None = None,
     ) -> None:
         super().__init__()
@@ -104,8 +106,11 @@ class LegacyStrategy(Strategy):
         if not max_update_ratio > 0:
             raise ValueError(f"max_update_ratio={max_update_ratio} must be > 0")
         self.max_update_ratio = max_update_ratio
+        if not max_examples_ratio >= 1:
+            raise ValueError(f"max_examples_ratio={max_examples_ratio} must be >= 1")
+        self.max_examples_ratio = max_examples_ratio
         self.rounds = rounds
-        rounds.max_update_ratio = max_update_ratio
+        rounds.max_update_ratio, rounds.max_examples_ratio = max_update_ratio, max_examples_ratio
         self.evaluate_fn = evaluate_fn
         self.fraction_fit = fraction_fit
         self.fraction_evaluate = fraction_evaluate

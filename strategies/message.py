@@ -29,6 +29,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr_privacy.strategies.base import (
+    MAX_EXAMPLES_RATIO,
     MAX_FAILED_ROUNDS,
     MAX_UPDATE_RATIO,
     AlgorithmRounds,
@@ -90,6 +91,7 @@ class MessageStrategy(Strategy):
         seed: int | None = None,
         max_failed_rounds: int = MAX_FAILED_ROUNDS,
         max_update_ratio: float = MAX_UPDATE_RATIO,
+        max_examples_ratio: float = MAX_EXAMPLES_RATIO,
         on_round: RoundCallback | None = None,
     ) -> None:
         if not 0 < fraction_train <= 1:
@@ -102,6 +104,9 @@ class MessageStrategy(Strategy):
         if not max_update_ratio > 0:
             raise ValueError(f"max_update_ratio={max_update_ratio} must be > 0")
         self.max_update_ratio = max_update_ratio
+        if not max_examples_ratio >= 1:
+            raise ValueError(f"max_examples_ratio={max_examples_ratio} must be >= 1")
+        self.max_examples_ratio = max_examples_ratio
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.min_train_nodes = min_train_nodes
@@ -136,7 +141,7 @@ class MessageStrategy(Strategy):
             raise ValueError("initial_arrays holds no floating-point array: nothing to train")
         self.rounds = self.build_rounds([arrays[k].numpy() for k in self.float_keys], self.float_keys)
         self.rounds.recorder = self.recorder
-        self.rounds.max_update_ratio = self.max_update_ratio
+        self.rounds.max_update_ratio, self.rounds.max_examples_ratio = self.max_update_ratio, self.max_examples_ratio
 
     @property
     def algorithm(self) -> AlgorithmRounds:

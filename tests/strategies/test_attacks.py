@@ -52,3 +52,29 @@ def test_one_attacker_among_ten_is_refused_and_the_model_keeps_its_accuracy(fede
     assert all(r["failures"] == 1 and r["accepted"] == 9 for r in attacked[1:])
     assert np.isfinite(attacked[-1]["test_loss"])
     assert attacked[-1]["test_accuracy"] > clean[-1]["test_accuracy"] - 0.02, (clean[-1], attacked[-1])
+
+
+def test_a_claim_of_1e12_examples_is_weighed_as_ten_times_the_median_not_as_claimed(federation):
+    """The issue's attack on FedAvg: a random model claiming 1e12 examples. Unbounded it owns the average;
+    weighed as 10x the round's median it degrades the model but does not wreck it. (Staying within 2
+    points of the attack-free run takes robust aggregation, which this bound does not replace.)"""
+    from flwr_privacy.models import build_model
+    from flwr_privacy.wire import model_to_arrays
+
+    random_model = model_to_arrays(build_model("mlp", (1, 28, 28), 10, seed=123))
+
+    def run(max_examples_ratio: float) -> float:
+        fed = federation("fedavg", **{"num-clients": 10, **SETTINGS["fedavg"]})
+        fed.strategy.rounds.max_examples_ratio = max_examples_ratio
+        proxy = fed.proxies[0]
+        fit = proxy.fit
+
+        def attacking_fit(ins, timeout, group_id):
+            res = fit(ins, timeout, group_id)
+            return FitRes(res.status, ndarrays_to_parameters(random_model), 10**12, res.metrics)
+
+        proxy.fit = attacking_fit
+        return fed.run()[-1]["test_accuracy"]
+
+    assert run(1e15) < 0.2  # the claim believed: the random model is the average
+    assert run(10.0) > 0.6  # the default bound

@@ -217,3 +217,12 @@ def test_a_400_mb_reply_is_refused_before_it_is_decoded(tmp_path, caplog):
     assert peak < 50e6, f"{peak / 1e6:.0f} MB allocated while refusing it"
     assert all(np.allclose(r, g) for r, g in zip(parameters_to_ndarrays(params), good_arrays(strategy)))
     assert "the reply carries 400000128 bytes of arrays, over this round's" in caplog.text
+
+
+def test_example_counts_above_ten_times_the_median_are_cut_to_it():
+    from flwr_privacy.strategies.base import Accepted, bound_weights
+
+    accepted = [Accepted(str(i), None, n, {}) for i, n in enumerate([100, 300, 250, 10**12, 2000])]
+    assert [a.num_examples for a in bound_weights(accepted, 10.0)] == [100, 300, 250, 3000, 2000]  # median 300
+    two = [Accepted("a", None, 10**9, {}), Accepted("b", None, 50, {})]
+    assert [a.num_examples for a in bound_weights(two, 10.0)] == [500, 50]  # median_low: the smaller claim
