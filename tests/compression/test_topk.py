@@ -140,7 +140,7 @@ def _payload(indices: list, values: list, index_dtype: object = np.uint8, value_
     [
         ([np.array([1], np.uint8)], "exactly 2 arrays"),
         (_payload([1], [1.0]) + [np.zeros(1)], "exactly 2 arrays"),
-        ([[1], np.array([1.0], np.float32)], "expected a NumPy array"),
+        ([[1], np.array([1.0], np.float32)], "indices: expected a NumPy array, got list"),
         ([np.array([[1]], np.uint8), np.array([1.0], np.float32)], "indices: expected a 1-D array"),
         ([np.array([1], np.uint8), np.array([[1.0]], np.float32)], "values: expected a 1-D array"),
         (_payload([1.0], [1.0], index_dtype=np.float32), "indices: expected an integer dtype"),
@@ -151,6 +151,7 @@ def _payload(indices: list, values: list, index_dtype: object = np.uint8, value_
         (_payload([-1], [1.0], index_dtype=np.int32), "negative index -1"),
         (_payload([10], [1.0]), "index 10 out of range for numel 10"),
         (_payload([3, 3], [1.0, 2.0]), "duplicate indices"),
+        (_payload([9, 5, 1, 5], [1.0, 2.0, 3.0, 4.0]), "duplicate indices"),  # apart, and not the smallest
         (_payload([1, 2], [1.0, np.nan]), "NaN or Inf"),
         (_payload([1, 2], [np.inf, 1.0]), "NaN or Inf"),
         (_payload(list(range(11)), [1.0] * 11), "11 entries for a vector of only 10"),
