@@ -173,3 +173,9 @@ def test_encode_refuses_values_that_overflow_float16() -> None:
 def test_codec_config_is_validated(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SparseCodec(**kwargs)
+
+
+def test_a_payload_naming_every_entry_once_is_accepted() -> None:
+    """DSSGD at theta_u = 1 uploads all c = numel entries: the bound is more than numel, not numel."""
+    indices, values = SparseCodec(numel=10).decode(_payload(list(range(10)), [1.0] * 10))
+    assert indices.tolist() == list(range(10)) and values.tolist() == [1.0] * 10
