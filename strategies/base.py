@@ -66,6 +66,24 @@ def check_sampling(fraction: float, minimum: int, name: str) -> None:
         raise ValueError(f"min_{name}_clients={minimum!r} must be an integer >= 0")
 
 
+def check_train_sampling(fraction: float, minimum: int, fraction_name: str, minimum_name: str) -> None:
+    """The training side of sampling: a fraction in (0, 1] and a minimum of at least one client."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"{fraction_name}={fraction} must be in (0, 1]")
+    if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
+        raise ValueError(f"{minimum_name}={minimum!r} must be an integer >= 1")
+
+
+def check_reply_bounds(max_failed_rounds: int, max_update_ratio: float, max_examples_ratio: float) -> None:
+    """The options both adapters take that bound what a round accepts."""
+    if max_failed_rounds < 1:
+        raise ValueError(f"max_failed_rounds={max_failed_rounds} must be >= 1")
+    if not max_update_ratio > 0:
+        raise ValueError(f"max_update_ratio={max_update_ratio} must be > 0")
+    if not max_examples_ratio >= 1:
+        raise ValueError(f"max_examples_ratio={max_examples_ratio} must be >= 1")
+
+
 def sample_ids(
     ids: Sequence[Any], fraction: float, minimum: int, seed: int | None, server_round: int, purpose: str = "train"
 ) -> list[Any]:

@@ -33,7 +33,9 @@ from flwr_privacy.strategies.base import (
     Reply,
     RoundCallback,
     RoundRecorder,
+    check_reply_bounds,
     check_sampling,
+    check_train_sampling,
     evaluation_summary,
     mean_metric,
     sample_ids,
@@ -96,19 +98,10 @@ class LegacyStrategy(Strategy):
         on_round: RoundCallback | None = None,
     ) -> None:
         super().__init__()
-        if not 0 < fraction_fit <= 1:
-            raise ValueError(f"fraction_fit={fraction_fit} must be in (0, 1]")
+        check_train_sampling(fraction_fit, min_fit_clients, "fraction_fit", "min_fit_clients")
         check_sampling(fraction_evaluate, min_evaluate_clients, "evaluate")
-        if isinstance(min_fit_clients, bool) or not isinstance(min_fit_clients, int) or min_fit_clients < 1:
-            raise ValueError(f"min_fit_clients={min_fit_clients!r} must be an integer >= 1")
-        if max_failed_rounds < 1:
-            raise ValueError(f"max_failed_rounds={max_failed_rounds} must be >= 1")
-        if not max_update_ratio > 0:
-            raise ValueError(f"max_update_ratio={max_update_ratio} must be > 0")
-        self.max_update_ratio = max_update_ratio
-        if not max_examples_ratio >= 1:
-            raise ValueError(f"max_examples_ratio={max_examples_ratio} must be >= 1")
-        self.max_examples_ratio = max_examples_ratio
+        check_reply_bounds(max_failed_rounds, max_update_ratio, max_examples_ratio)
+        self.max_update_ratio, self.max_examples_ratio = max_update_ratio, max_examples_ratio
         self.rounds = rounds
         rounds.max_update_ratio, rounds.max_examples_ratio = max_update_ratio, max_examples_ratio
         self.evaluate_fn = evaluate_fn

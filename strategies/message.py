@@ -36,7 +36,9 @@ from flwr_privacy.strategies.base import (
     Reply,
     RoundCallback,
     RoundRecorder,
+    check_reply_bounds,
     check_sampling,
+    check_train_sampling,
     evaluation_summary,
     mean_metric,
     sample_ids,
@@ -94,19 +96,10 @@ class MessageStrategy(Strategy):
         max_examples_ratio: float = MAX_EXAMPLES_RATIO,
         on_round: RoundCallback | None = None,
     ) -> None:
-        if not 0 < fraction_train <= 1:
-            raise ValueError(f"fraction_train={fraction_train} must be in (0, 1]")
-        if isinstance(min_train_nodes, bool) or not isinstance(min_train_nodes, int) or min_train_nodes < 1:
-            raise ValueError(f"min_train_nodes={min_train_nodes!r} must be an integer >= 1")
+        check_train_sampling(fraction_train, min_train_nodes, "fraction_train", "min_train_nodes")
         check_sampling(fraction_evaluate, min_evaluate_nodes, "evaluate")
-        if max_failed_rounds < 1:
-            raise ValueError(f"max_failed_rounds={max_failed_rounds} must be >= 1")
-        if not max_update_ratio > 0:
-            raise ValueError(f"max_update_ratio={max_update_ratio} must be > 0")
-        self.max_update_ratio = max_update_ratio
-        if not max_examples_ratio >= 1:
-            raise ValueError(f"max_examples_ratio={max_examples_ratio} must be >= 1")
-        self.max_examples_ratio = max_examples_ratio
+        check_reply_bounds(max_failed_rounds, max_update_ratio, max_examples_ratio)
+        self.max_update_ratio, self.max_examples_ratio = max_update_ratio, max_examples_ratio
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.min_train_nodes = min_train_nodes
