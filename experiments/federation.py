@@ -81,6 +81,8 @@ def make_strategy(cfg: RunConfig, run_config: dict[str, Any], on_round: RoundCal
         min_available_clients=cfg.min_fit_clients,
         fraction_evaluate=0.0,  # the server scores the global model on its held-out test set
         seed=cfg.seed,
+        aggregation=cfg.aggregation,
+        trim_fraction=cfg.trim_fraction,
         on_round=on_round,
     )
     return algorithm.strategy(ServerSetup(cfg, run_config, model, algorithm.config(run_config, cfg), options))

@@ -18,6 +18,8 @@ from flwr_privacy.training import SGDSettings
 DEVICES = ("auto", "cpu", "cuda")
 DOWNLINKS = ("dense", "sparse")
 WIRE_DTYPES = ("float32", "float16")
+# How a round combines its accepted updates (``flwr_privacy.strategies.robust``).
+AGGREGATIONS = ("mean", "median", "trimmed_mean", "norm_bound")
 
 
 FIELD_TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "bool": bool}
@@ -56,6 +58,8 @@ class RunConfig:
     augment: bool = False
     downlink: str = "dense"
     wire_dtype: str = "float32"
+    aggregation: str = "mean"
+    trim_fraction: float = 0.2
     seed: int = 0
     device: str = "auto"
     output_dir: str = "outputs/latest"
@@ -72,6 +76,9 @@ class RunConfig:
         self._choice("device", DEVICES)
         self._choice("downlink", DOWNLINKS)
         self._choice("wire_dtype", WIRE_DTYPES)
+        self._choice("aggregation", AGGREGATIONS)
+        if not 0 <= self.trim_fraction < 0.5:
+            raise ValueError(f"trim-fraction={self.trim_fraction} must be in [0, 0.5)")
         if not 0 < self.fraction_fit <= 1:
             raise ValueError(f"fraction-fit={self.fraction_fit} must be in (0, 1]")
         for name in (

@@ -13,6 +13,7 @@ receives each record as soon as its round's evaluation is done.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import statistics
@@ -25,8 +26,13 @@ from logging import ERROR, INFO, WARNING
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.common import log
+from flwr_privacy.strategies.robust import TRIM_FRACTION, check_aggregation, coordinate_wise, sparse_locations
 
+from flwr_privacy.algorithms.fedavg import weighted_average
+
+SparseUpdate = tuple[torch.Tensor, torch.Tensor]  # (indices, values)
 RoundCallback = Callable[[dict[str, Any]], None]
 Config = dict[str, Any]
 
@@ -74,8 +80,15 @@ def check_train_sampling(fraction: float, minimum: int, fraction_name: str, mini
         raise ValueError(f"{minimum_name}={minimum!r} must be an integer >= 1")
 
 
-def check_reply_bounds(max_failed_rounds: int, max_update_ratio: float, max_examples_ratio: float) -> None:
-    """The options both adapters take that bound what a round accepts."""
+def check_reply_bounds(
+    max_failed_rounds: int,
+    max_update_ratio: float,
+    max_examples_ratio: float,
+    aggregation: str = "mean",
+    trim_fraction: float = TRIM_FRACTION,
+) -> None:
+    """The options both adapters take that bound what a round accepts and how it is aggregated."""
+    check_aggregation(aggregation, trim_fraction)
     if max_failed_rounds < 1:
         raise ValueError(f"max_failed_rounds={max_failed_rounds} must be >= 1")
     if not max_update_ratio > 0:
@@ -346,8 +359,11 @@ class AlgorithmRounds(ABC):
     """
 
     recorder: RoundRecorder
+    rollback_point: tuple[int, dict[str, Any] | None, list[str]] | None = None  # set by ``aggregate_round``
     max_update_ratio: float = MAX_UPDATE_RATIO  # set by the strategy (its ``max_update_ratio`` option)
     max_examples_ratio: float = MAX_EXAMPLES_RATIO  # likewise
+    aggregation: str = "mean"  # likewise: ``flwr_privacy.strategies.robust``
+    trim_fraction: float = TRIM_FRACTION  # likewise
 
     def __init__(self, initial_arrays: Sequence[np.ndarray]) -> None:
         self.initial_arrays = float_arrays(initial_arrays)
@@ -392,3 +408,77 @@ class AlgorithmRounds(ABC):
 
     def after_round(self, server_round: int, accepted: list[Accepted]) -> None:  # noqa: B027 (optional hook)
         """Hook run after every round's aggregation, accepted or not (e.g. DSSGD's counter decay)."""
+
+    def average_dense(self, arrays: list[list[np.ndarray]], num_examples: list[int]) -> list[np.ndarray]:
+        """Dense arrays of the accepted clients (buffers, FedAvg's models) by the strategy's ``aggregation``:
+        a coordinate-wise rule where one is asked for, the example-weighted mean otherwise."""
+        if self.aggregation in ("median", "trimmed_mean"):
+            return coordinate_wise(arrays, self.aggregation, self.trim_fraction)
+        return weighted_average(arrays, num_examples)
+
+    def robust_sparse(self, updates: list[SparseUpdate]) -> list[SparseUpdate]:
+        """Sparse updates (indices, values) with each value replaced by the strategy's robust ``aggregation``
+        (``flwr_privacy.strategies.robust.sparse_locations``); unchanged for ``"mean"``."""
+        if self.aggregation == "mean" or not updates:
+            return updates
+        located = sparse_locations([(i.numpy(), v.numpy()) for i, v in updates], self.aggregation, self.trim_fraction)
+        return [(i, torch.from_numpy(v)) for (i, _), v in zip(updates, located)]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the algorithm holds (model, momentum, counters, versions), to roll a round back."""
+        return copy.deepcopy({k: v for k, v in vars(self).items() if k not in ("recorder", "rollback_point")})
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        vars(self).update(snapshot)
+
+
+def is_finite(arrays: Sequence[np.ndarray]) -> bool:
+    return all(bool(np.isfinite(a).all()) for a in arrays)
+
+
+def aggregate_round(rounds: AlgorithmRounds, replies: Sequence[Reply], server_round: int) -> list[Accepted]:
+    """A round's replies validated and folded into the global model; the accepted ones are returned.
+
+    The model never goes bad: an aggregate that is not finite is rolled back to the previous global model
+    at once, and the round's state is kept (``rollback_point``) so that ``check_evaluation`` can roll it
+    back too if the server's evaluation of the new model is not finite. Either is logged with the
+    clients whose updates made the round.
+    """
+    accepted = validate_replies(replies, rounds, server_round)
+    before = rounds.snapshot() if accepted else None
+    applied = rounds.aggregate(server_round, accepted) if accepted else []
+    if before is not None and applied and not is_finite(rounds.global_arrays()):
+        roll_back(rounds, before, server_round, applied, "the aggregate is not finite")
+        applied = []
+    rounds.after_round(server_round, applied)
+    rounds.rollback_point = (server_round, before, [a.client for a in applied]) if applied else None
+    return applied
+
+
+def roll_back(
+    rounds: AlgorithmRounds, before: dict[str, Any], server_round: int, applied: Sequence[Any], why: str
+) -> None:
+    clients = [a if isinstance(a, str) else a.client for a in applied]
+    rounds.restore(before)
+    log(ERROR, "round %s rolled back to the previous global model: %s; clients aggregated: %s", server_round, why,
+        ", ".join(clients))
+    for client in clients:
+        rounds.recorder.failed(client, f"round rolled back: {why}")
+    rounds.recorder.add(rolled_back=1)
+
+
+def check_evaluation(rounds: AlgorithmRounds, server_round: int, values: Sequence[Any]) -> bool:
+    """After the server evaluated the round's model: if a value (loss, accuracy) is not finite, roll the
+    round back (its state before aggregation, counters and versions too) and return True."""
+    point = getattr(rounds, "rollback_point", None)
+    finite = all(
+        math.isfinite(v) for v in values if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+    )
+    if finite or point is None or point[0] != server_round:
+        return False
+    _, before, clients = point
+    roll_back(rounds, before, server_round, clients, "the server's evaluation of the new model is not finite")
+    rounds.rollback_point = None
+    rounds.recorder.add(accepted=0)
+    rounds.after_round(server_round, [])
+    return True

@@ -20,7 +20,6 @@ from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config, Metr
 from flwr_privacy.strategies.legacy import LegacyStrategy
 
 from flwr_privacy.algorithms.dgc import DGCConfig, DGCServer, average_sparse, dense_tensors, entries_sent
-from flwr_privacy.algorithms.fedavg import weighted_average
 from flwr_privacy.compression.base import PayloadError
 from flwr_privacy.compression.dense import DenseCodec
 from flwr_privacy.compression.model_update import SparseUpdateCodec
@@ -181,12 +180,15 @@ class DGCRounds(AlgorithmRounds):
                 return
 
     def aggregate(self, server_round: int, accepted: list[Accepted]) -> list[Accepted]:
+        """Eq. 7's weighted mean of the sparse updates (or, with a robust ``aggregation``, of each update's
+        values replaced by the per-entry robust location: ``flwr_privacy.strategies.robust``), then the step."""
         examples = [a.num_examples for a in accepted]
-        update = average_sparse([(a.payload[0], a.payload[1]) for a in accepted], examples, self.weights.numel())
+        sparse = self.robust_sparse([(a.payload[0], a.payload[1]) for a in accepted])
+        update = average_sparse(sparse, examples, self.weights.numel())
         before = self.weights
         self.weights = self.server.step(update, server_round)
         if self.buffers:
-            self.buffers = weighted_average([a.payload[2] for a in accepted], examples)
+            self.buffers = self.average_dense([a.payload[2] for a in accepted], examples)
         if self.downlink == "sparse":
             self.changed[server_round] = torch.nonzero(self.weights != before).reshape(-1)
         self.recorder.add(update_nnz=int(torch.count_nonzero(update)))

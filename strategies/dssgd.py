@@ -18,7 +18,6 @@ from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config, Metr
 from flwr_privacy.strategies.legacy import LegacyStrategy
 
 from flwr_privacy.algorithms.dssgd import DSSGDConfig, DSSGDServer, num_upload
-from flwr_privacy.algorithms.fedavg import weighted_average
 from flwr_privacy.compression.base import PayloadError
 from flwr_privacy.compression.model_update import SparseUpdateCodec
 from flwr_privacy.config import to_section
@@ -91,9 +90,12 @@ class DSSGDRounds(AlgorithmRounds):
         return indices, values, buffers
 
     def aggregate(self, server_round: int, accepted: list[Accepted]) -> list[Accepted]:
+        """The uploads applied one after another (or, with a robust ``aggregation``, each upload's values
+        replaced by the per-entry robust location over the participants that sent the entry:
+        ``flwr_privacy.strategies.robust``); an upload the server refuses changes nothing."""
+        uploads = self.robust_sparse([(a.payload[0], a.payload[1]) for a in accepted])
         applied = []
-        for a in accepted:
-            indices, values, _ = a.payload
+        for a, (indices, values) in zip(accepted, uploads):
             try:
                 self.server.apply_upload(indices, values)
             except ValueError as err:  # e.g. values outside [-gamma, gamma]: nothing was applied
@@ -101,7 +103,7 @@ class DSSGDRounds(AlgorithmRounds):
                 continue
             applied.append(a)
         if applied and self.buffers:
-            self.buffers = weighted_average([a.payload[2] for a in applied], [a.num_examples for a in applied])
+            self.buffers = self.average_dense([a.payload[2] for a in applied], [a.num_examples for a in applied])
         self.record_privacy(applied)
         return applied
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config, arrays_norm, check_update_norm
 from flwr_privacy.strategies.legacy import LegacyStrategy
+from flwr_privacy.strategies.robust import median_norm_scales
 
 from flwr_privacy.algorithms.fedavg import weighted_average
 from flwr_privacy.compression.dense import DenseCodec
@@ -47,10 +48,20 @@ class FedAvgRounds(AlgorithmRounds):
         return decoded
 
     def aggregate(self, server_round: int, accepted: list[Accepted]) -> list[Accepted]:
-        average = weighted_average([a.payload for a in accepted], [a.num_examples for a in accepted])
-        if self.settings()["uplink"] == "delta":
-            average = [w + d for w, d in zip(self.model, average)]
-        self.model = average
+        """w <- sum_k (n_k / n) w_k, or the strategy's robust rule (``flwr_privacy.strategies.robust``) over
+        the clients' changes w_k - w: a coordinate-wise median or trimmed mean, or their norms bounded."""
+        examples = [a.num_examples for a in accepted]
+        delta = self.settings()["uplink"] == "delta"
+        if self.aggregation == "mean":
+            average = weighted_average([a.payload for a in accepted], examples)
+            self.model = [w + d for w, d in zip(self.model, average)] if delta else average
+            return accepted
+        changes = [a.payload if delta else [p - w for p, w in zip(a.payload, self.model)] for a in accepted]
+        if self.aggregation == "norm_bound":
+            scales = median_norm_scales([arrays_norm(change) for change in changes])
+            changes = [[c * scale for c in change] for change, scale in zip(changes, scales)]
+        average = self.average_dense(changes, examples)
+        self.model = [(w + d).astype(np.float32) for w, d in zip(self.model, average)]
         return accepted
 
     def global_arrays(self) -> list[np.ndarray]:

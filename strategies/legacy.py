@@ -33,6 +33,8 @@ from flwr_privacy.strategies.base import (
     Reply,
     RoundCallback,
     RoundRecorder,
+    aggregate_round,
+    check_evaluation,
     check_reply_bounds,
     check_sampling,
     check_train_sampling,
@@ -40,8 +42,8 @@ from flwr_privacy.strategies.base import (
     mean_metric,
     sample_ids,
     short_reason,
-    validate_replies,
 )
+from flwr_privacy.strategies.robust import TRIM_FRACTION
 
 EvaluateFn = Callable[[int, list[np.ndarray], dict[str, Scalar]], tuple[float, dict[str, Scalar]] | None]
 FitConfigFn = Callable[[int], dict[str, Scalar]]
@@ -95,15 +97,19 @@ class LegacyStrategy(Strategy):
         max_failed_rounds: int = MAX_FAILED_ROUNDS,
         max_update_ratio: float = MAX_UPDATE_RATIO,
         max_examples_ratio: float = MAX_EXAMPLES_RATIO,
+        aggregation: str = "mean",
+        trim_fraction: float = TRIM_FRACTION,
         on_round: RoundCallback | None = None,
     ) -> None:
         super().__init__()
         check_train_sampling(fraction_fit, min_fit_clients, "fraction_fit", "min_fit_clients")
         check_sampling(fraction_evaluate, min_evaluate_clients, "evaluate")
-        check_reply_bounds(max_failed_rounds, max_update_ratio, max_examples_ratio)
+        check_reply_bounds(max_failed_rounds, max_update_ratio, max_examples_ratio, aggregation, trim_fraction)
         self.max_update_ratio, self.max_examples_ratio = max_update_ratio, max_examples_ratio
+        self.aggregation, self.trim_fraction = aggregation, trim_fraction
         self.rounds = rounds
         rounds.max_update_ratio, rounds.max_examples_ratio = max_update_ratio, max_examples_ratio
+        rounds.aggregation, rounds.trim_fraction = aggregation, trim_fraction
         self.evaluate_fn = evaluate_fn
         self.fraction_fit = fraction_fit
         self.fraction_evaluate = fraction_evaluate
@@ -170,9 +176,7 @@ class LegacyStrategy(Strategy):
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         replies = [failure_reply(f) for f in failures] + [legacy_reply(c, r) for c, r in results]
-        accepted = validate_replies(replies, self.rounds, server_round)
-        applied = self.rounds.aggregate(server_round, accepted) if accepted else []
-        self.rounds.after_round(server_round, applied)
+        applied = aggregate_round(self.rounds, replies, server_round)
         self.recorder.add(train_loss=mean_metric(applied, "train_loss"))
         self.recorder.aggregated(len(applied))
         if not applied:
@@ -183,6 +187,8 @@ class LegacyStrategy(Strategy):
         result = None
         if self.evaluate_fn is not None:
             result = self.evaluate_fn(server_round, self.rounds.global_arrays(), {})
+            if result is not None and check_evaluation(self.rounds, server_round, [result[0], *result[1].values()]):
+                result = self.evaluate_fn(server_round, self.rounds.global_arrays(), {})
         loss, metrics = result if result is not None else (None, {})
         self.recorder.finish(server_round, loss, metrics)
         return result

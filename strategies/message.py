@@ -36,17 +36,19 @@ from flwr_privacy.strategies.base import (
     Reply,
     RoundCallback,
     RoundRecorder,
+    aggregate_round,
+    check_evaluation,
     check_reply_bounds,
     check_sampling,
     check_train_sampling,
     evaluation_summary,
     mean_metric,
     sample_ids,
-    validate_replies,
 )
 from flwr_privacy.strategies.dgc import DGCRounds, check_server_arguments
 from flwr_privacy.strategies.dssgd import DSSGDRounds
 from flwr_privacy.strategies.fedavg import FedAvgRounds
+from flwr_privacy.strategies.robust import TRIM_FRACTION
 
 from flwr_privacy.algorithms.dgc import DGCConfig
 from flwr_privacy.algorithms.dssgd import DSSGDConfig
@@ -94,12 +96,15 @@ class MessageStrategy(Strategy):
         max_failed_rounds: int = MAX_FAILED_ROUNDS,
         max_update_ratio: float = MAX_UPDATE_RATIO,
         max_examples_ratio: float = MAX_EXAMPLES_RATIO,
+        aggregation: str = "mean",
+        trim_fraction: float = TRIM_FRACTION,
         on_round: RoundCallback | None = None,
     ) -> None:
         check_train_sampling(fraction_train, min_train_nodes, "fraction_train", "min_train_nodes")
         check_sampling(fraction_evaluate, min_evaluate_nodes, "evaluate")
-        check_reply_bounds(max_failed_rounds, max_update_ratio, max_examples_ratio)
+        check_reply_bounds(max_failed_rounds, max_update_ratio, max_examples_ratio, aggregation, trim_fraction)
         self.max_update_ratio, self.max_examples_ratio = max_update_ratio, max_examples_ratio
+        self.aggregation, self.trim_fraction = aggregation, trim_fraction
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.min_train_nodes = min_train_nodes
@@ -135,6 +140,7 @@ class MessageStrategy(Strategy):
         self.rounds = self.build_rounds([arrays[k].numpy() for k in self.float_keys], self.float_keys)
         self.rounds.recorder = self.recorder
         self.rounds.max_update_ratio, self.rounds.max_examples_ratio = self.max_update_ratio, self.max_examples_ratio
+        self.rounds.aggregation, self.rounds.trim_fraction = self.aggregation, self.trim_fraction
 
     @property
     def algorithm(self) -> AlgorithmRounds:
@@ -228,9 +234,7 @@ class MessageStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         algorithm = self.algorithm
-        accepted = validate_replies([self.to_reply(m) for m in replies], algorithm, server_round)
-        applied = algorithm.aggregate(server_round, accepted) if accepted else []
-        algorithm.after_round(server_round, applied)
+        applied = aggregate_round(algorithm, [self.to_reply(m) for m in replies], server_round)
         train_loss = mean_metric(applied, "train_loss")
         self.recorder.add(train_loss=train_loss)
         self.recorder.aggregated(len(applied))
@@ -246,7 +250,8 @@ class MessageStrategy(Strategy):
             return []
         nodes = self.sample(grid, self.fraction_evaluate, self.min_evaluate_nodes, server_round, "evaluate")
         settings = ConfigRecord({**dict(config), "server-round": server_round})
-        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: settings})
+        # The global model as this strategy holds it (a round rolled back after Flower took its arrays).
+        content = RecordDict({self.arrayrecord_key: self.global_record(), self.configrecord_key: settings})
         return [Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=n) for n in nodes]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -267,7 +272,11 @@ class MessageStrategy(Strategy):
         self.initialize(initial_arrays)
 
         def evaluate_and_record(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-            metrics = evaluate_fn(server_round, arrays) if evaluate_fn is not None else None
+            metrics = None
+            if evaluate_fn is not None:
+                metrics = evaluate_fn(server_round, arrays)
+                if metrics is not None and check_evaluation(self.algorithm, server_round, list(metrics.values())):
+                    metrics = evaluate_fn(server_round, self.global_record())
             values = dict(metrics) if metrics is not None else {}
             self.recorder.finish(server_round, values.get("loss"), values)
             return metrics

@@ -1,0 +1,93 @@
+"""Robust aggregation: what a round makes of its accepted updates when some clients may lie.
+
+Every strategy takes ``aggregation`` (and ``trim_fraction``, the beta of the trimmed mean):
+
+- ``"mean"``: the algorithm's own average (FedAvg's n_k / n, DGC's Eq. 7, DSSGD's uploads in turn).
+- ``"median"``: the coordinate-wise median (Yin et al. 2018), through Flower's ``aggregate_median``.
+- ``"trimmed_mean"``: the coordinate-wise beta-trimmed mean (Yin et al. 2018): the int(beta * m)
+  largest and smallest of the m values of each coordinate dropped, through Flower's ``aggregate_trimmed_avg``.
+- ``"norm_bound"``: every update's L2 norm clipped to the round's median update norm (Sun et al. 2019,
+  "Can you really backdoor federated learning?"), then the algorithm's own average.
+
+The coordinate-wise rules ignore example counts (as Flower's ``FedMedian`` and ``FedTrimmedAvg`` do), so
+a client cannot buy weight by claiming data.
+
+Sparse updates (DGC's top-k, DSSGD's selected uploads) carry one index set per client. There the
+coordinate-wise rules take, for each entry, the clients that sent it: each sender's value is replaced by
+the median (or trimmed mean) of the senders' values, and the algorithm's own average runs on that, so an
+entry every client sent gets Yin et al.'s estimate and an entry fewer clients sent keeps the weight of its
+senders. An entry that one client alone sent has nothing to be compared with, so the sparse rules bound
+every update to the round's median norm first (``norm_bound``'s step): a lone attacker's entries are
+then no larger than an honest update.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+
+import numpy as np
+from flwr.server.strategy.aggregate import aggregate_median, aggregate_trimmed_avg
+
+from flwr_privacy.config import AGGREGATIONS
+
+TRIM_FRACTION = 0.2  # Flower's FedTrimmedAvg default beta
+
+
+def check_aggregation(aggregation: str, trim_fraction: float) -> None:
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation={aggregation!r} is unknown; allowed: {list(AGGREGATIONS)}")
+    if isinstance(trim_fraction, bool) or not isinstance(trim_fraction, (int, float)) or not 0 <= trim_fraction < 0.5:
+        raise ValueError(f"trim_fraction={trim_fraction!r} must be in [0, 0.5)")
+
+
+def coordinate_wise(
+    updates: Sequence[Sequence[np.ndarray]], aggregation: str, trim_fraction: float
+) -> list[np.ndarray]:
+    """Yin et al.'s estimate of same-shaped dense updates, one array per layer (float32)."""
+    results = [(list(update), 1) for update in updates]
+    if aggregation == "median":
+        robust = aggregate_median(results)
+    elif aggregation == "trimmed_mean":
+        robust = aggregate_trimmed_avg(results, trim_fraction)
+    else:
+        raise ValueError(f"aggregation={aggregation!r} is not coordinate-wise")
+    return [np.asarray(layer, dtype=np.float32) for layer in robust]
+
+
+def median_norm_scales(norms: Sequence[float]) -> list[float]:
+    """Per update, the factor that clips its norm to the round's median norm (Sun et al. 2019)."""
+    bound = statistics.median(norms)
+    return [1.0 if norm <= bound or norm == 0 else bound / norm for norm in norms]
+
+
+def bound_norms(values: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each update (a vector, or a sparse update's values) clipped to the round's median L2 norm."""
+    norms = [math.sqrt(float(np.sum(np.square(v, dtype=np.float64)))) for v in values]
+    return [(v * scale).astype(v.dtype) if scale < 1 else v for v, scale in zip(values, median_norm_scales(norms))]
+
+
+def sparse_locations(
+    updates: Sequence[tuple[np.ndarray, np.ndarray]], aggregation: str, trim_fraction: float
+) -> list[np.ndarray]:
+    """Per client, its sent values replaced by the robust location of each entry over the clients that sent
+    it (norms bounded to the round's median first; see the module's docstring). ``norm_bound`` stops after
+    the bound; ``mean`` changes nothing."""
+    if aggregation == "mean":
+        return [values for _, values in updates]
+    bounded = bound_norms([values for _, values in updates])
+    if aggregation == "norm_bound":
+        return bounded
+    entries, positions = np.unique(np.concatenate([idx for idx, _ in updates]), return_inverse=True)
+    starts = np.cumsum([0] + [len(idx) for idx, _ in updates])
+    table = np.full((len(updates), len(entries)), np.nan)
+    for k, values in enumerate(bounded):
+        table[k, positions[starts[k] : starts[k + 1]]] = values
+    senders = np.sum(~np.isnan(table), axis=0)
+    table.sort(axis=0)  # NaN last: the first s rows of a column are its s senders' values
+    location = np.empty(len(entries))
+    for s in np.unique(senders):
+        columns = senders == s
+        location[columns] = coordinate_wise([[row] for row in table[:s, columns]], aggregation, trim_fraction)[0]
+    return [location[positions[starts[k] : starts[k + 1]]].astype(np.float32) for k in range(len(updates))]
