@@ -42,6 +42,15 @@ def client_partitions(
     return partition(train.y.numpy(), num_clients, method, seed, alpha, shards)
 
 
+def check_partitions(cfg: RunConfig) -> None:
+    """The split of the training set the run config asks for, made once before training (cached for the
+    clients): a split that cannot be made (more shards than examples) is a config error, not every
+    client's failure round after round."""
+    client_partitions(
+        cfg.dataset, cfg.data_dir, cfg.partition, cfg.num_clients, cfg.seed, cfg.alpha, cfg.shards_per_client
+    )
+
+
 def client_data(cfg: RunConfig, partition_id: int) -> TensorData:
     """The training examples that client ``partition_id`` holds."""
     if not 0 <= partition_id < cfg.num_clients:

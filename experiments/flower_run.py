@@ -1,7 +1,8 @@
 """Run a Flower App with ``flwr run`` as a local simulation, judge how it ended, and clean up after it.
 
-``flwr run`` against the ``local`` connection starts a SuperLink that keeps running after the run;
-this module gives each call its own ``FLWR_HOME`` and stops that SuperLink when the run is over.
+``flwr run`` against the ``local`` connection starts a SuperLink that keeps running after the run, on
+fixed ports (39091, 39093) another run would attach to; this module gives each call its own
+``FLWR_HOME`` and free ports, and stops every process of the run when the call ends, however it ends.
 ``flwr run --stream`` exits 0 even when the ServerApp failed (Flower 1.42), so the run's status is
 read back from the SuperLink (``flwr ls --run-id``): a run that did not finish completed raises
 ``FlowerRunError`` with the SuperLink's one-line reason. As a command, for any app (exit status 1
@@ -14,14 +15,18 @@ and one line on failure)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,31 +54,58 @@ def write_run_config(run_config: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _superlink_pids(flwr_home: Path) -> list[int]:
-    """PIDs of SuperLinks started for this FLWR_HOME (their log file lives under it)."""
-    marker = str(flwr_home / "local-superlink")
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def run_processes(flwr_home: Path) -> list[int]:
+    """Every process started for this FLWR_HOME (``flwr run``, the SuperLink, its SuperExec, the
+    simulation and Ray's workers all inherit it in their environment), this one excepted."""
+    marker = f"FLWR_HOME={flwr_home}".encode() + b"\0"
     pids = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes() + b"\0"
         except OSError:
             continue
-        if "flower-superlink" in cmdline and marker in cmdline:
+        if marker in environ and int(proc.name) != os.getpid():
             pids.append(int(proc.name))
     return pids
 
 
-def stop_superlink(flwr_home: Path, timeout: float = 10.0) -> None:
-    """Stop the local SuperLink that ``flwr run`` left running for this FLWR_HOME."""
-    pids = _superlink_pids(flwr_home)
+def stop_processes(flwr_home: Path, timeout: float = 10.0) -> None:
+    """Stop every process of this FLWR_HOME: SIGTERM, then SIGKILL for any still alive after ``timeout``."""
+    pids = run_processes(flwr_home)
     for pid in pids:
-        os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while pids and time.monotonic() < deadline:
-        pids = [p for p in pids if Path(f"/proc/{p}").exists()]
         time.sleep(0.2)
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+        pids = run_processes(flwr_home)
+    for pid in run_processes(flwr_home):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM raises SystemExit(143) in the main thread, so clean-up in ``finally`` blocks runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_app(
@@ -88,27 +120,34 @@ def run_app(
     ``run_config`` is what ``--run-config`` takes (a TOML file or ``key=value`` pairs); ``flwr`` the
     executable (default: the one beside this Python). Output streams to this process's stdout.
     Raises ``FlowerRunError`` unless the run finished completed.
+
+    The run gets its own SuperLink on free ports and a private FLWR_HOME, so two calls at once never meet;
+    whatever way the call ends (the run's end, an error, Ctrl-C or SIGTERM), every process started for
+    it is stopped, the simulation and Ray's workers included, and the FLWR_HOME removed.
     """
     flwr = str(flwr or Path(sys.executable).parent / "flwr")
-    with tempfile.TemporaryDirectory(prefix="flwr-home-") as home:
+    with tempfile.TemporaryDirectory(prefix="flwr-home-") as home, sigterm_as_exit():
         env = dict(os.environ, FLWR_HOME=home, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+        env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
+        env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
         env["PATH"] = f"{Path(flwr).parent}{os.pathsep}{env.get('PATH', '')}"
         command = [flwr, "run", str(app_dir), "--federation-config", federation_config, "--stream"]
         if run_config:
             command += ["--run-config", str(run_config)]
         run_id = None
         try:
-            with subprocess.Popen(
+            proc = subprocess.Popen(
                 command, env=env, cwd=app_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            ) as proc:
-                deadline = None if timeout is None else time.monotonic() + timeout
-                for line in proc.stdout:
-                    sys.stdout.write(line)
-                    if run_id is None and (found := re.search(r"Successfully started run (\d+)", line)):
-                        run_id = found.group(1)
-                    if deadline is not None and time.monotonic() > deadline:
-                        proc.kill()
-                        raise FlowerRunError(f"the Flower run took longer than {timeout} s")
+            )
+            deadline = None if timeout is None else time.monotonic() + timeout
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                if run_id is None and (found := re.search(r"Successfully started run (\d+)", line)):
+                    run_id = found.group(1)
+                if deadline is not None and time.monotonic() > deadline:
+                    raise FlowerRunError(f"the Flower run took longer than {timeout} s")
+            proc.wait()
             if run_id is None:
                 raise FlowerRunError(f"flwr run started no run (exit status {proc.returncode}); see its output above")
             listed = subprocess.run(
@@ -116,7 +155,7 @@ def run_app(
                 env=env, cwd=app_dir, capture_output=True, text=True, check=False,
             )
         finally:
-            stop_superlink(Path(home))
+            stop_processes(Path(home))
     try:
         record = json.loads(listed.stdout)["runs"][0]
     except (ValueError, KeyError, IndexError):

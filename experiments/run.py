@@ -23,7 +23,7 @@ from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.client_app import client_fn
-from experiments.federation import make_strategy, validate_run_config
+from experiments.federation import check_partitions, make_strategy, validate_run_config
 from experiments.flower_run import FlowerRunError, flwr_run
 from experiments.inprocess import make_federation, run_inprocess
 from experiments.results import ResultsWriter, plot_rounds
@@ -69,6 +69,9 @@ def main(cfg: DictConfig) -> None:
     except (ValueError, FlowerRunError, FederationError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # every process of the run has been stopped on the way out (flower_run)
+        print("error: interrupted; the run's processes are stopped", file=sys.stderr)
+        sys.exit(130)
 
 
 def run(cfg: DictConfig) -> None:
@@ -79,6 +82,7 @@ def run(cfg: DictConfig) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"simulation.backend={backend!r} is unknown; allowed: {list(BACKENDS)}")
     check_data(config.dataset, config.data_dir)
+    check_partitions(config)
     if backend == "flwr":
         rows = flwr_run(
             run_config,

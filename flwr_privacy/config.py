@@ -87,6 +87,8 @@ class RunConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{_key(name)}={getattr(self, name)} must be >= 1")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed} must be >= 0 (NumPy and PyTorch seeds are non-negative)")
         if not self.alpha > 0:
             raise ValueError(f"alpha={self.alpha} must be > 0")
         if self.clients_per_round > self.num_clients:

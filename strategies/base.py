@@ -409,6 +409,11 @@ class AlgorithmRounds(ABC):
     def after_round(self, server_round: int, accepted: list[Accepted]) -> None:  # noqa: B027 (optional hook)
         """Hook run after every round's aggregation, accepted or not (e.g. DSSGD's counter decay)."""
 
+    def vote_weights(self, accepted: Sequence[Accepted]) -> list[int]:
+        """What each accepted reply weighs: its example count under ``"mean"``; one client, one vote under a
+        robust rule (as Flower's FedMedian and FedTrimmedAvg count), so a claimed count buys nothing."""
+        return [a.num_examples if self.aggregation == "mean" else 1 for a in accepted]
+
     def average_dense(self, arrays: list[list[np.ndarray]], num_examples: list[int]) -> list[np.ndarray]:
         """Dense arrays of the accepted clients (buffers, FedAvg's models) by the strategy's ``aggregation``:
         a coordinate-wise rule where one is asked for, the example-weighted mean otherwise."""

@@ -182,7 +182,7 @@ class DGCRounds(AlgorithmRounds):
     def aggregate(self, server_round: int, accepted: list[Accepted]) -> list[Accepted]:
         """Eq. 7's weighted mean of the sparse updates (or, with a robust ``aggregation``, of each update's
         values replaced by the per-entry robust location: ``flwr_privacy.strategies.robust``), then the step."""
-        examples = [a.num_examples for a in accepted]
+        examples = self.vote_weights(accepted)
         sparse = self.robust_sparse([(a.payload[0], a.payload[1]) for a in accepted])
         update = average_sparse(sparse, examples, self.weights.numel())
         before = self.weights

@@ -103,7 +103,7 @@ class DSSGDRounds(AlgorithmRounds):
                 continue
             applied.append(a)
         if applied and self.buffers:
-            self.buffers = self.average_dense([a.payload[2] for a in applied], [a.num_examples for a in applied])
+            self.buffers = self.average_dense([a.payload[2] for a in applied], self.vote_weights(applied))
         self.record_privacy(applied)
         return applied
 

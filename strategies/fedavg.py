@@ -50,7 +50,7 @@ class FedAvgRounds(AlgorithmRounds):
     def aggregate(self, server_round: int, accepted: list[Accepted]) -> list[Accepted]:
         """w <- sum_k (n_k / n) w_k, or the strategy's robust rule (``flwr_privacy.strategies.robust``) over
         the clients' changes w_k - w: a coordinate-wise median or trimmed mean, or their norms bounded."""
-        examples = [a.num_examples for a in accepted]
+        examples = self.vote_weights(accepted)
         delta = self.settings()["uplink"] == "delta"
         if self.aggregation == "mean":
             average = weighted_average([a.payload for a in accepted], examples)

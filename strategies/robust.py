@@ -9,8 +9,8 @@ Every strategy takes ``aggregation`` (and ``trim_fraction``, the beta of the tri
 - ``"norm_bound"``: every update's L2 norm clipped to the round's median update norm (Sun et al. 2019,
   "Can you really backdoor federated learning?"), then the algorithm's own average.
 
-The coordinate-wise rules ignore example counts (as Flower's ``FedMedian`` and ``FedTrimmedAvg`` do), so
-a client cannot buy weight by claiming data.
+Every robust rule ignores example counts (as Flower's ``FedMedian`` and ``FedTrimmedAvg`` do): one
+client, one vote, so a client cannot buy weight by claiming data.
 
 Sparse updates (DGC's top-k, DSSGD's selected uploads) carry one index set per client. There the
 coordinate-wise rules take, for each entry, the clients that sent it: each sender's value is replaced by

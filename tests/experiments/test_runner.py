@@ -29,6 +29,8 @@ def run(*overrides, tmp_path):
         (["strategy=dgc", "dgc.final_sparsity=1.0"], "final_sparsity=1.0"),
         (["+dssgd.theta_u=0"], "theta_u=0"),
         (["model=gpt"], "Could not find 'model/gpt'"),
+        (["seed=-1"], "seed=-1 must be >= 0"),
+        (["partition=shards", "shards_per_client=100000"], "shards-per-client=100000 must be >= 1 with at least one"),
     ],
 )
 def test_bad_config_stops_before_training_and_names_the_key(overrides, message, tmp_path):

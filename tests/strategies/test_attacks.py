@@ -1,70 +1,85 @@
-"""One hostile client among ten, well-formed replies with absurd values: the default bounds keep the model.
+"""Hostile clients among ten, on real data: the default bounds, or robust aggregation, keep the model.
 
-Each attack replaces what one client sends (its own, honestly computed reply) before the strategy sees
-it; the run must end within 2 points of the same federation without the attacker's interference.
+Each attack (``experiments.attacks``) replaces what a client sends (its own, honestly computed reply) with
+a well-formed reply before the strategy sees it; the run must end within 2 points (one attacker) or 3
+points (two attackers) of the same federation without the attack. ``experiments.benchmarks.attacks``
+prints the same runs as a table (docs/robustness.md).
 """
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 import pytest
-from flwr.common import FitRes, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import FitRes, ndarrays_to_parameters
+
+from experiments.benchmarks.attacks import final_accuracy, run
 
 pytestmark = pytest.mark.slow
 
-ATTACKS = {
-    "every value 1e30": 1e30,
-    "values 3.4e38": 3.4e38,
+# The aggregation each attack needs to be stopped: the default bounds ("mean": norm, example count, k and
+# bytes per reply) alone, or a robust rule where the reply is within every bound.
+ONE_ATTACKER = {
+    ("fedavg", "every value 1e30"): "mean",
+    ("fedavg", "values 3.4e38"): "mean",
+    ("fedavg", "1e12 examples (random model)"): "median",
+    ("fedavg", "sign flipped x10"): "median",
+    ("fedavg", "scaled x100"): "median",
+    ("dgc", "every value 1e30"): "mean",
+    ("dgc", "values 3.4e38"): "mean",
+    ("dgc", "1e12 examples (random model)"): "median",
+    ("dgc", "scaled x100"): "median",
+    ("dgc", "every entry instead of k"): "mean",
+    ("dssgd", "every value 1e30"): "mean",
+    ("dssgd", "values 3.4e38"): "mean",
+    ("dssgd", "1e12 examples (random model)"): "mean",
+    ("dssgd", "sign flipped x10"): "mean",
+    ("dssgd", "scaled x100"): "mean",
+    ("dssgd", "every entry instead of k"): "mean",
 }
 
 
-def attack_values(arrays: list[np.ndarray], value: float, sparse: bool) -> list[np.ndarray]:
-    """The float values of a reply set to ``value`` (a sparse reply keeps its indices)."""
-    return [a if (sparse and i == 0) else np.full_like(a, value) for i, a in enumerate(arrays)]
+@cache
+def attack_free(strategy: str, aggregation: str = "mean") -> float:
+    return final_accuracy(strategy, run(strategy, None, 0, aggregation=aggregation))
 
 
-def hostile(fed, value: float, sparse: bool) -> None:
-    proxy = fed.proxies[0]
-    fit = proxy.fit
-
-    def attacking_fit(ins, timeout, group_id):
-        res = fit(ins, timeout, group_id)
-        arrays = attack_values(parameters_to_ndarrays(res.parameters), value, sparse)
-        return FitRes(res.status, ndarrays_to_parameters(arrays), res.num_examples, res.metrics)
-
-    proxy.fit = attacking_fit
+@pytest.mark.parametrize(("strategy", "attack"), sorted(ONE_ATTACKER))
+def test_one_attacker_among_ten_leaves_the_accuracy_within_two_points(strategy, attack):
+    history = run(strategy, attack, 1, aggregation=ONE_ATTACKER[strategy, attack])
+    assert all(np.isfinite(r["test_loss"]) for r in history)
+    assert final_accuracy(strategy, history) > attack_free(strategy) - 0.02, (attack_free(strategy), history[-1])
 
 
-SETTINGS = {
-    "fedavg": {"num-rounds": 3, "batch-size": 20, "lr": 0.1},
-    "dgc": {"num-rounds": 30, "local-steps": 5, "lr": 0.1, "dgc.warmup-sparsities": "0.75,0.9375"},
-}
+def test_a_sign_flipping_dgc_client_is_held_off_by_the_median_but_costs_more_than_two_points():
+    """The gap the issue's bar leaves open (docs/robustness.md): a DGC client sending its top-k values
+    flipped and times 10 destroys plain averaging (0.10) and costs about 3.6 points under the sparse median;
+    at 93.75-99.9 % sparsity most entries are sent by one or two clients, so there is little to compare."""
+    assert final_accuracy("dgc", run("dgc", "sign flipped x10", 1)) < 0.3
+    assert final_accuracy("dgc", run("dgc", "sign flipped x10", 1, aggregation="median")) > attack_free("dgc") - 0.05
 
 
-@pytest.mark.parametrize("attack", sorted(ATTACKS))
-@pytest.mark.parametrize("strategy", sorted(SETTINGS))
-def test_one_attacker_among_ten_is_refused_and_the_model_keeps_its_accuracy(federation, strategy, attack):
-    overrides = {"num-clients": 10, **SETTINGS[strategy]}
-    clean = federation(strategy, **overrides).run()
-    fed = federation(strategy, **overrides)
-    hostile(fed, ATTACKS[attack], sparse=strategy != "fedavg")
-    attacked = fed.run()
-    assert all(r["failures"] == 1 and r["accepted"] == 9 for r in attacked[1:])
-    assert np.isfinite(attacked[-1]["test_loss"])
-    assert attacked[-1]["test_accuracy"] > clean[-1]["test_accuracy"] - 0.02, (clean[-1], attacked[-1])
+@pytest.mark.parametrize("attack", ["sign flipped x10", "scaled x100"])
+@pytest.mark.parametrize(("strategy", "aggregation"), [("fedavg", "trimmed_mean"), ("fedavg", "median")])
+def test_two_attackers_among_ten_with_a_robust_rule_stay_within_three_points(strategy, aggregation, attack):
+    final = final_accuracy(strategy, run(strategy, attack, 2, aggregation=aggregation))
+    assert final > attack_free(strategy) - 0.03, (attack_free(strategy), final)
+    if attack == "sign flipped x10":  # which plain averaging does not survive
+        assert final_accuracy(strategy, run(strategy, attack, 2)) < final - 0.1
 
 
 def test_a_claim_of_1e12_examples_is_weighed_as_ten_times_the_median_not_as_claimed(federation):
     """The issue's attack on FedAvg: a random model claiming 1e12 examples. Unbounded it owns the average;
-    weighed as 10x the round's median it degrades the model but does not wreck it. (Staying within 2
-    points of the attack-free run takes robust aggregation, which this bound does not replace.)"""
+    weighed as 10x the round's median it degrades the model but does not wreck it (robust aggregation,
+    above, takes it to within 2 points)."""
     from flwr_privacy.models import build_model
     from flwr_privacy.wire import model_to_arrays
 
     random_model = model_to_arrays(build_model("mlp", (1, 28, 28), 10, seed=123))
 
-    def run(max_examples_ratio: float) -> float:
-        fed = federation("fedavg", **{"num-clients": 10, **SETTINGS["fedavg"]})
+    def accuracy(max_examples_ratio: float) -> float:
+        fed = federation("fedavg", **{"num-clients": 10, "num-rounds": 3, "batch-size": 20, "lr": 0.1})
         fed.strategy.rounds.max_examples_ratio = max_examples_ratio
         proxy = fed.proxies[0]
         fit = proxy.fit
@@ -76,5 +91,5 @@ def test_a_claim_of_1e12_examples_is_weighed_as_ten_times_the_median_not_as_clai
         proxy.fit = attacking_fit
         return fed.run()[-1]["test_accuracy"]
 
-    assert run(1e15) < 0.2  # the claim believed: the random model is the average
-    assert run(10.0) > 0.6  # the default bound
+    assert accuracy(1e15) < 0.2  # the claim believed: the random model is the average
+    assert accuracy(10.0) > 0.6  # the default bound

@@ -1,0 +1,84 @@
+"""`python -m experiments.run` as a user stops it: Ctrl-C or SIGTERM leave no process and no new row behind,
+and two runs started at once each get their own SuperLink and both complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["model=mlp", "num_clients=2", "fraction_fit=1.0", "batch_size=50", "lr=0.1"]
+
+pytestmark = pytest.mark.slow
+
+
+def processes_with(marker: str) -> list[int]:
+    """PIDs of processes whose environment holds ``marker`` (every process a run starts inherits TMPDIR)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker.encode() in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def start(tmp_path: Path, name: str, *overrides: str) -> tuple[subprocess.Popen, Path, str]:
+    scratch = tmp_path / f"tmp-{name}"
+    scratch.mkdir()
+    out = tmp_path / name
+    env = dict(os.environ, TMPDIR=str(scratch))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.run", f"hydra.run.dir={out}", *SMALL, *overrides],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    return proc, out, f"TMPDIR={scratch}\0"
+
+
+def rows_written(out: Path) -> int:
+    csv = out / "rounds.csv"
+    return max(len(csv.read_text().splitlines()) - 1, 0) if csv.exists() else 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_run_stops_every_process_it_started_and_writes_no_more_rows(tmp_path, sig):
+    proc, out, marker = start(tmp_path, "run", "num_rounds=500")
+    try:
+        deadline = time.monotonic() + 240
+        while rows_written(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert rows_written(out) >= 2, proc.communicate(timeout=30)
+        assert len(processes_with(marker)) > 3  # the runner, flwr run, the SuperLink, the simulation, Ray ...
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode != 0
+        assert "Traceback" not in stderr, stderr[-2000:]
+        written = rows_written(out)
+        time.sleep(5)
+        assert rows_written(out) == written  # nothing trains on after the interruption
+        assert processes_with(marker) == []
+        assert not list((tmp_path / "tmp-run").glob("flwr-home-*"))  # the private Flower home is removed
+    finally:
+        for pid in processes_with(marker):  # never leave a test's processes behind, whatever failed
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_two_runs_started_at_once_both_complete(tmp_path):
+    runs = [start(tmp_path, name, "num_rounds=3") for name in ("first", "second")]
+    try:
+        for proc, out, _ in runs:
+            stdout, stderr = proc.communicate(timeout=600)
+            assert proc.returncode == 0, stdout[-2000:] + stderr[-2000:]
+            assert [r["round"] for r in json.loads((out / "rounds.json").read_text())] == [0, 1, 2, 3]
+    finally:
+        for _, _, marker in runs:
+            for pid in processes_with(marker):
+                os.kill(pid, signal.SIGKILL)
