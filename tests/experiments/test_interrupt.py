@@ -3,11 +3,14 @@ and two runs started at once each get their own SuperLink and both complete."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,12 +22,13 @@ SMALL = ["model=mlp", "num_clients=2", "fraction_fit=1.0", "batch_size=50", "lr=
 pytestmark = pytest.mark.slow
 
 
-def processes_with(marker: str) -> list[int]:
-    """PIDs of processes whose environment holds ``marker`` (every process a run starts inherits TMPDIR)."""
+def processes_with(scratch: Path) -> list[int]:
+    """PIDs of processes whose TMPDIR is ``scratch`` (every process a run starts inherits it)."""
+    marker = f"TMPDIR={scratch}\0".encode()
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if marker.encode() in (proc / "environ").read_bytes():
+            if marker in (proc / "environ").read_bytes() + b"\0":
                 found.append(int(proc.name))
         except OSError:
             continue
@@ -32,15 +36,23 @@ def processes_with(marker: str) -> list[int]:
 
 
 def start(tmp_path: Path, name: str, *overrides: str) -> tuple[subprocess.Popen, Path, str]:
-    scratch = tmp_path / f"tmp-{name}"
-    scratch.mkdir()
+    # A short TMPDIR: Ray puts its sockets under it, and a Unix socket's path is limited to 107 bytes.
+    scratch = Path(tempfile.mkdtemp(prefix=f"fp-{name}-", dir="/tmp"))
     out = tmp_path / name
     env = dict(os.environ, TMPDIR=str(scratch))
     proc = subprocess.Popen(
         [sys.executable, "-m", "experiments.run", f"hydra.run.dir={out}", *SMALL, *overrides],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    return proc, out, f"TMPDIR={scratch}\0"
+    return proc, out, scratch
+
+
+def kill_all(scratch: Path) -> None:
+    """Never leave a test's processes or files behind, whatever failed."""
+    for pid in processes_with(scratch):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def rows_written(out: Path) -> int:
@@ -50,13 +62,13 @@ def rows_written(out: Path) -> int:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_run_stops_every_process_it_started_and_writes_no_more_rows(tmp_path, sig):
-    proc, out, marker = start(tmp_path, "run", "num_rounds=500")
+    proc, out, scratch = start(tmp_path, "run", "num_rounds=500")
     try:
         deadline = time.monotonic() + 240
         while rows_written(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
         assert rows_written(out) >= 2, proc.communicate(timeout=30)
-        assert len(processes_with(marker)) > 3  # the runner, flwr run, the SuperLink, the simulation, Ray ...
+        assert len(processes_with(scratch)) > 3  # the runner, flwr run, the SuperLink, the simulation, Ray ...
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode != 0
@@ -64,11 +76,10 @@ def test_an_interrupted_run_stops_every_process_it_started_and_writes_no_more_ro
         written = rows_written(out)
         time.sleep(5)
         assert rows_written(out) == written  # nothing trains on after the interruption
-        assert processes_with(marker) == []
-        assert not list((tmp_path / "tmp-run").glob("flwr-home-*"))  # the private Flower home is removed
+        assert processes_with(scratch) == []
+        assert not list(scratch.glob("flwr-home-*"))  # the private Flower home is removed
     finally:
-        for pid in processes_with(marker):  # never leave a test's processes behind, whatever failed
-            os.kill(pid, signal.SIGKILL)
+        kill_all(scratch)
 
 
 def test_two_runs_started_at_once_both_complete(tmp_path):
@@ -79,6 +90,5 @@ def test_two_runs_started_at_once_both_complete(tmp_path):
             assert proc.returncode == 0, stdout[-2000:] + stderr[-2000:]
             assert [r["round"] for r in json.loads((out / "rounds.json").read_text())] == [0, 1, 2, 3]
     finally:
-        for _, _, marker in runs:
-            for pid in processes_with(marker):
-                os.kill(pid, signal.SIGKILL)
+        for _, _, scratch in runs:
+            kill_all(scratch)
