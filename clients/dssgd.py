@@ -8,10 +8,11 @@ the strategy. The local model lives in ``context.state`` between rounds.
 
 from __future__ import annotations
 
+from logging import WARNING
 from typing import Any
 
 import torch
-from flwr.common import NDArrays, RecordDict, Scalar
+from flwr.common import NDArrays, RecordDict, Scalar, log
 from flwr_privacy.clients.base import TrainFn, TrainingClient, check_trainable_numel, local_training, server_round
 from flwr_privacy.clients.state import load_arrays, save_arrays
 from torch import nn
@@ -91,6 +92,9 @@ class DSSGDClient(TrainingClient):
         loss = local_training(self, self.settings, self.local_epochs, self.train_fn, generator)
         arrays = model_to_arrays(self.model)
         after, buffers = split_trainable(arrays, self.trainable)
+        if dssgd.dp and dssgd.insecure_seeded_noise:
+            log(WARNING, "INSECURE: DSSGD's DP noise is drawn from the seeded generator (dssgd.insecure-seeded-noise):"
+                " anyone who knows the run seed can replay it and strip it; for tests only")
         upload = participant_upload(compute_change(before, after), dssgd, generator)
         save_arrays(self.state, MODEL_KEY, arrays)
         metrics: dict[str, Scalar] = {"partition_id": self.partition_id, "sent": int(upload.indices.numel())}

@@ -73,6 +73,7 @@ class DSSGDConfig:
     svt_variant: str = "proven"
     counter_decay: float = 1.0
     decay_every: int = 1
+    insecure_seeded_noise: bool = False
 
     def __post_init__(self) -> None:
         for key in ("theta_u", "theta_d", "counter_decay"):
@@ -85,8 +86,9 @@ class DSSGDConfig:
             raise _invalid("tau", self.tau, "a finite number >= 0")
         if self.selection not in SELECTIONS:
             raise _invalid("selection", self.selection, f"one of {SELECTIONS}")
-        if not isinstance(self.dp, bool):
-            raise _invalid("dp", self.dp, "True or False")
+        for key in ("dp", "insecure_seeded_noise"):
+            if not isinstance(getattr(self, key), bool):
+                raise _invalid(key, getattr(self, key), "True or False")
         if not _is_real(self.epsilon) or not 0 < self.epsilon < math.inf:
             raise _invalid("epsilon", self.epsilon, "a finite number > 0")
         if self.svt_variant not in SVT_VARIANTS:
@@ -204,8 +206,8 @@ def participant_upload(
     if not torch.isfinite(delta).all():
         raise ValueError("delta contains NaN or Inf: local training diverged")
     c = num_upload(config.theta_u, delta.numel())
-    if config.dp:
-        return _private_upload(delta, c, config, generator)
+    if config.dp:  # the generator orders the SVT's queries; its noise is secure unless said otherwise
+        return _private_upload(delta, c, config, generator, generator if config.insecure_seeded_noise else None)
     if config.selection == "largest":
         indices = select_largest(delta, c)
     else:
@@ -214,7 +216,11 @@ def participant_upload(
 
 
 def _private_upload(
-    delta: torch.Tensor, c: int, config: DSSGDConfig, generator: torch.Generator | None
+    delta: torch.Tensor,
+    c: int,
+    config: DSSGDConfig,
+    generator: torch.Generator | None,
+    noise_generator: torch.Generator | None,
 ) -> Upload:
     """With DP: the SVT tests |clip(Delta w_j)| against tau; the noisy values it releases are re-clipped."""
     svt = svt_above_threshold if config.svt_variant == "proven" else svt_dssgd
@@ -225,6 +231,7 @@ def _private_upload(
         config.epsilon,
         estimate_sensitivity(config.gamma),
         generator,
+        noise_generator=noise_generator,
     )
     order = torch.argsort(result.indices)
     return Upload(

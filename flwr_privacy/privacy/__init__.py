@@ -7,6 +7,7 @@ from flwr_privacy.privacy.noise import (
     gaussian_sigma,
     laplace_mechanism,
     laplace_noise,
+    release_laplace,
 )
 from flwr_privacy.privacy.svt import (
     SVTResult,
@@ -29,6 +30,7 @@ __all__ = [
     "guaranteed_epsilon",
     "laplace_mechanism",
     "laplace_noise",
+    "release_laplace",
     "svt_above_threshold",
     "svt_dssgd",
 ]

@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import torch
 
-from flwr_privacy.privacy.noise import laplace_noise
+from flwr_privacy.privacy.noise import laplace_noise, release_laplace
 
 VARIANTS = ("proven", "paper")
 
@@ -101,6 +101,14 @@ def budget_split(
     raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
 
 
+class _Same:
+    """The default of ``noise_generator``: the noise comes from ``generator`` too."""
+
+
+SAME = _Same()
+NoiseGenerator = torch.Generator | None | _Same
+
+
 def guaranteed_epsilon(scales: SVTScales, c: int, sensitivity: float) -> float:
     """Delta/b_threshold + 2c Delta/b_query (Lyu et al., Alg. 1 proof) + c Delta/b_release (composition)."""
     return (
@@ -121,15 +129,18 @@ def above_threshold(
     c: int,
     query_scale: float,
     generator: torch.Generator | None,
+    noise_generator: NoiseGenerator = SAME,
 ) -> tuple[torch.Tensor, int]:
     """Test |v_i| + nu_i >= T + rho in a random order until c pass (Lyu et al. Alg. 7, the query loop).
 
     Returns the positions that passed, in the order examined, and how many queries were answered.
+    ``generator`` draws the order, ``noise_generator`` (by default the same) the noise.
     """
     n = values.numel()
+    noise = generator if isinstance(noise_generator, _Same) else noise_generator
     order = torch.randperm(n, generator=generator)
     answers = values.detach().cpu().to(torch.float64).abs()[order]
-    passed = answers + laplace_noise(n, query_scale, generator, dtype=torch.float64) >= noisy_thresh
+    passed = answers + laplace_noise(n, query_scale, noise, dtype=torch.float64) >= noisy_thresh
     positions = torch.nonzero(passed).flatten()[:c]
     num_queries = int(positions[-1]) + 1 if positions.numel() == c else n
     return order[positions], num_queries
@@ -139,9 +150,7 @@ def release_values(
     values: torch.Tensor, indices: torch.Tensor, scale: float, generator: torch.Generator | None
 ) -> torch.Tensor:
     """v_i + Lap(b_release) for each selected i, noise drawn fresh (Lyu et al. Alg. 7, numeric output)."""
-    selected = values.detach()[indices.to(values.device)]
-    noise = laplace_noise(selected.numel(), scale, generator, dtype=selected.dtype)
-    return selected + noise.to(selected.device)
+    return release_laplace(values.detach()[indices.to(values.device)], scale, generator)
 
 
 def _validate_values(values: torch.Tensor, threshold: float) -> None:
@@ -162,14 +171,16 @@ def _run_svt(
     generator: torch.Generator | None,
     variant: str,
     release_fraction: float,
+    noise_generator: NoiseGenerator = SAME,
 ) -> SVTResult:
     _validate_values(values, threshold)
     scales = budget_split(epsilon, c, variant, sensitivity, release_fraction)
-    thresh = noisy_threshold(threshold, scales.threshold, generator)
-    indices, num_queries = above_threshold(values, thresh, c, scales.query, generator)
+    noise = generator if isinstance(noise_generator, _Same) else noise_generator
+    thresh = noisy_threshold(threshold, scales.threshold, noise)
+    indices, num_queries = above_threshold(values, thresh, c, scales.query, generator, noise)
     return SVTResult(
         indices=indices.to(values.device),
-        values=release_values(values, indices, scales.release, generator),
+        values=release_values(values, indices, scales.release, noise),
         epsilon_claimed=epsilon,
         epsilon_guaranteed=guaranteed_epsilon(scales, c, sensitivity),
         num_queries=num_queries,
@@ -183,10 +194,15 @@ def svt_dssgd(
     epsilon: float,
     sensitivity: float,
     generator: torch.Generator | None = None,
+    noise_generator: NoiseGenerator = SAME,
 ) -> SVTResult:
-    """The SVT of DSSGD as Shokri & Shmatikov write it (CCS 2015), kept for fidelity (see the module doc)."""
+    """The SVT of DSSGD as Shokri & Shmatikov write it (CCS 2015), kept for fidelity (see the module doc).
+    ``generator`` orders the queries; the noise comes from ``noise_generator`` (by default the same; None:
+    the secure generator)."""
     release_fraction = PAPER_RELEASE_FRACTION
-    return _run_svt(values, threshold, c, epsilon, sensitivity, generator, "paper", release_fraction)
+    return _run_svt(
+        values, threshold, c, epsilon, sensitivity, generator, "paper", release_fraction, noise_generator
+    )
 
 
 def svt_above_threshold(
@@ -197,6 +213,11 @@ def svt_above_threshold(
     sensitivity: float,
     generator: torch.Generator | None = None,
     release_fraction: float = PAPER_RELEASE_FRACTION,
+    noise_generator: NoiseGenerator = SAME,
 ) -> SVTResult:
-    """Lyu et al.'s SVT with numeric output (VLDB 2017, Alg. 7): epsilon-DP in total; the default."""
-    return _run_svt(values, threshold, c, epsilon, sensitivity, generator, "proven", release_fraction)
+    """Lyu et al.'s SVT with numeric output (VLDB 2017, Alg. 7): epsilon-DP in total; the default.
+    ``generator`` orders the queries; the noise comes from ``noise_generator`` (by default the same; None:
+    the secure generator)."""
+    return _run_svt(
+        values, threshold, c, epsilon, sensitivity, generator, "proven", release_fraction, noise_generator
+    )

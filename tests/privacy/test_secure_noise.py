@@ -1,0 +1,87 @@
+"""Noise nobody can replay: a server that knows everything a DSSGD participant's generator depends on
+(the run seed, the partition id, the round, the data and so the data order) reproduces its upload exactly
+when the noise is seeded (``insecure_seeded_noise``), and cannot when it is not (the default)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.common import parameters_to_ndarrays
+
+from flwr_privacy.privacy import gaussian_mechanism, laplace_mechanism, laplace_noise, svt_above_threshold
+
+
+def dssgd_upload(tmp_path, **dssgd):
+    """What participant 0 uploads in round 1, built twice from the same knowledge, as a replaying server would."""
+    from experiments.client_app import client_fn
+    from experiments.federation import make_strategy, validate_run_config
+    from experiments.inprocess import make_federation
+
+    run_config = {
+        "strategy": "dssgd", "model": "mlp", "num-clients": 2, "fraction-fit": 1.0, "num-rounds": 1,
+        "batch-size": 50, "output-dir": str(tmp_path), "dssgd.dp": True, "dssgd.epsilon": 1.0,
+        "dssgd.theta-u": 0.01, **dssgd,
+    }
+    cfg = validate_run_config(run_config)
+    uploads = []
+    for _ in range(2):
+        strategy = make_strategy(cfg, run_config)
+        manager = make_federation(client_fn, run_config, cfg.num_clients)
+        proxy = sorted(manager.all().values(), key=lambda p: int(p.cid))[0]
+        (_, ins), *_ = [i for i in strategy.configure_fit(1, strategy.initialize_parameters(manager), manager)
+                        if i[0].cid == proxy.cid]
+        res = proxy.fit(ins, None, None)
+        uploads.append(parameters_to_ndarrays(res.parameters)[:2])  # (indices, values)
+    return uploads
+
+
+def test_a_server_replaying_the_seed_reproduces_seeded_noise_exactly(tmp_path):
+    (i1, v1), (i2, v2) = dssgd_upload(tmp_path, **{"dssgd.insecure-seeded-noise": True})
+    assert np.array_equal(i1, i2) and np.array_equal(v1, v2)
+
+
+def test_a_server_replaying_everything_it_knows_cannot_reproduce_the_default_noise(tmp_path):
+    (i1, v1), (i2, v2) = dssgd_upload(tmp_path)
+    same = np.intersect1d(i1, i2)
+    assert len(same) < min(len(i1), len(i2))  # the SVT selected other entries
+    pos1, pos2 = np.searchsorted(i1, same), np.searchsorted(i2, same)
+    assert not np.any((v1[pos1] == v2[pos2]) & (np.abs(v1[pos1]) < 0.001))  # and released other values
+
+
+def test_without_a_generator_noise_is_fresh_even_under_the_same_torch_seed():
+    torch.manual_seed(0)
+    first = laplace_noise(1000, 1.0)
+    torch.manual_seed(0)
+    assert not torch.equal(first, laplace_noise(1000, 1.0))
+    x = torch.zeros(1000)
+    assert not torch.equal(laplace_mechanism(x, 1.0, 1.0), laplace_mechanism(x, 1.0, 1.0))
+    assert not torch.equal(gaussian_mechanism(x, 1.0, 0.5, 1e-5), gaussian_mechanism(x, 1.0, 0.5, 1e-5))
+
+
+@pytest.mark.parametrize("mechanism", ["laplace", "gaussian"])
+def test_released_noise_has_the_calibrated_scale(mechanism):
+    x = torch.full((20_000,), 3.0, dtype=torch.float64)
+    if mechanism == "laplace":
+        out, std = laplace_mechanism(x, 2.0, 4.0), np.sqrt(2) * 0.5  # Lap(b = 0.5): std b sqrt(2)
+    else:
+        out, std = gaussian_mechanism(x, 1.0, 0.5, 1e-5), np.sqrt(2 * np.log(1.25 / 1e-5)) / 0.5
+    noise = (out - 3.0).numpy()
+    assert out.dtype == torch.float64
+    assert abs(noise.mean()) < 5 * std / np.sqrt(len(noise))
+    assert noise.std() == pytest.approx(std, rel=0.03)
+
+
+def test_the_svt_order_may_be_seeded_while_its_noise_stays_secure():
+    values = torch.linspace(0, 1, 200)
+    runs = [
+        svt_above_threshold(values, 0.5, 10, 1.0, 0.1, generator=torch.Generator().manual_seed(3), noise_generator=None)
+        for _ in range(2)
+    ]
+    assert not torch.equal(runs[0].values, runs[1].values)
+    seeded = [
+        svt_above_threshold(values, 0.5, 10, 1.0, 0.1, generator=torch.Generator().manual_seed(3)) for _ in range(2)
+    ]
+    assert torch.equal(seeded[0].indices, seeded[1].indices) and torch.equal(seeded[0].values, seeded[1].values)
+
+
