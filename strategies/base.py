@@ -285,6 +285,8 @@ def validate_replies(replies: Sequence[Reply], rounds: AlgorithmRounds, server_r
     arrays with the algorithm's ``decode``); a bad one becomes a logged failure, not an update."""
     accepted = []
     recorder = rounds.recorder
+    # Who released something this round, accepted or not (a privacy ledger charges them all).
+    rounds.replied = sorted(r.client for r in replies if r.error is None)
     max_nbytes = rounds.max_reply_nbytes(server_round)
     bounds = rounds.metric_bounds(server_round)
     for reply in sorted(replies, key=lambda r: r.client):
@@ -360,6 +362,7 @@ class AlgorithmRounds(ABC):
 
     recorder: RoundRecorder
     rollback_point: tuple[int, dict[str, Any] | None, list[str]] | None = None  # set by ``aggregate_round``
+    replied: list[str] = []  # the clients whose replies arrived this round (``validate_replies``)
     max_update_ratio: float = MAX_UPDATE_RATIO  # set by the strategy (its ``max_update_ratio`` option)
     max_examples_ratio: float = MAX_EXAMPLES_RATIO  # likewise
     aggregation: str = "mean"  # likewise: ``flwr_privacy.strategies.robust``

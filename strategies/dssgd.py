@@ -9,7 +9,6 @@ are averaged; finally the counters decay if the round number calls for it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config, MetricBound
 from flwr_privacy.strategies.legacy import LegacyStrategy
 
-from flwr_privacy.algorithms.dssgd import DSSGDConfig, DSSGDServer, num_upload
+from flwr_privacy.algorithms.dssgd import DSSGDConfig, DSSGDServer, num_upload, round_epsilon
 from flwr_privacy.compression.base import PayloadError
 from flwr_privacy.compression.model_update import SparseUpdateCodec
 from flwr_privacy.config import to_section
@@ -104,23 +103,24 @@ class DSSGDRounds(AlgorithmRounds):
             applied.append(a)
         if applied and self.buffers:
             self.buffers = self.average_dense([a.payload[2] for a in applied], self.vote_weights(applied))
-        self.record_privacy(applied)
         return applied
 
     def after_round(self, server_round: int, accepted: list[Accepted]) -> None:
         self.server.maybe_decay(server_round)
+        self.record_privacy()  # here, not in aggregate: a round rolled back or all rejected still released
 
-    def record_privacy(self, applied: list[Accepted]) -> None:
-        """Epsilon each participant spent this round, and the largest running total (basic composition)."""
+    def record_privacy(self) -> None:
+        """Epsilon each participant spent this round and the largest running total (basic composition),
+        computed here from the configured mechanism and keyed by the node that replied: every reply that
+        arrived was released, accepted or not, and nothing a client reports enters the ledger."""
         if not self.config.dp:
             return
-        round_spend = [float(a.metrics.get("epsilon", math.inf)) for a in applied]
-        for a, eps in zip(applied, round_spend):
-            key = str(a.metrics.get("partition_id", a.client))
-            self.spent[key] = self.spent.get(key, 0.0) + eps
+        spend = round_epsilon(self.config, self.server.num_params)
+        for client in self.replied:
+            self.spent[client] = self.spent.get(client, 0.0) + spend
         self.recorder.add(
-            epsilon=max(round_spend, default=0.0),
-            epsilon_claimed=max((float(a.metrics.get("epsilon_claimed", math.inf)) for a in applied), default=0.0),
+            epsilon=spend if self.replied else 0.0,
+            epsilon_claimed=self.config.epsilon if self.replied else 0.0,
             epsilon_total_max=max(self.spent.values(), default=0.0),
         )
 

@@ -39,7 +39,7 @@ from flwr_privacy.compression.base import PayloadError
 from flwr_privacy.compression.topk import select_topk
 from flwr_privacy.privacy.clipping import clip_by_value
 from flwr_privacy.privacy.svt import VARIANTS as SVT_VARIANTS
-from flwr_privacy.privacy.svt import svt_above_threshold, svt_dssgd
+from flwr_privacy.privacy.svt import budget_split, guaranteed_epsilon, svt_above_threshold, svt_dssgd
 
 SELECTIONS = ("largest", "random_threshold")
 
@@ -213,6 +213,14 @@ def participant_upload(
     else:
         indices = select_random_above_threshold(delta, c, config.tau, generator)
     return Upload(indices, clip_selected(delta.detach()[indices], config.gamma), math.inf, math.inf)
+
+
+def round_epsilon(config: DSSGDConfig, num_params: int) -> float:
+    """The epsilon one participant spends in one round it uploads in: the SVT's guaranteed figure for the
+    configured variant (the proven one spends exactly ``config.epsilon``), from the config alone."""
+    c = num_upload(config.theta_u, num_params)
+    sensitivity = estimate_sensitivity(config.gamma)
+    return guaranteed_epsilon(budget_split(config.epsilon, c, config.svt_variant, sensitivity), c, sensitivity)
 
 
 def _private_upload(

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from flwr.common import RecordDict, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import FitRes, RecordDict, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr_privacy.clients.dssgd import MODEL_KEY
 from flwr_privacy.clients.state import load_arrays
 from flwr_privacy.strategies.legacy import parameters_nbytes
@@ -180,3 +180,31 @@ def test_config_errors_stop_before_training_and_name_the_key(tmp_path, overrides
     with pytest.raises(ValueError) as error:
         validate_run_config(run_config)
     assert key in str(error.value)
+
+
+@pytest.mark.parametrize("spoof", [{"epsilon": 0.0, "partition_id": 1}, {"epsilon": 1e11, "epsilon_claimed": 0.0}])
+def test_the_privacy_report_is_the_servers_own_whatever_a_client_claims(federation, spoof):
+    """Computed from the configured mechanism for each node that replied: a client reporting epsilon 0 under
+    another's partition id, or 1e11, changes nothing, and an upload rejected after release is still charged."""
+    epsilon = 0.5
+    fed = federation("dssgd", **{"num-clients": 2, "num-rounds": 2, "dssgd.dp": True, "dssgd.epsilon": epsilon})
+    liar, rejected = fed.proxies
+    fit, fit_rejected = liar.fit, rejected.fit
+
+    def lying_fit(ins, timeout, group_id):
+        res = fit(ins, timeout, group_id)
+        res.metrics = {**res.metrics, **spoof}
+        return res
+
+    def oversized_fit(ins, timeout, group_id):  # released, then refused by the server (values beyond gamma)
+        res = fit_rejected(ins, timeout, group_id)
+        arrays = parameters_to_ndarrays(res.parameters)
+        arrays[1] = arrays[1] * 100
+        return FitRes(res.status, ndarrays_to_parameters(arrays), res.num_examples, res.metrics)
+
+    liar.fit, rejected.fit = lying_fit, oversized_fit
+    history = fed.run()
+    assert [r["epsilon"] for r in history[1:]] == pytest.approx([epsilon, epsilon])
+    assert [r["epsilon_total_max"] for r in history[1:]] == pytest.approx([epsilon, 2 * epsilon])
+    assert fed.strategy.rounds.spent == pytest.approx({liar.cid: 2 * epsilon, rejected.cid: 2 * epsilon})
+    assert all(r["failures"] == 1 for r in history[1:])  # the oversized upload was refused, and charged
