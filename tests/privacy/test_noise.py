@@ -121,3 +121,76 @@ def test_gaussian_mechanism_validates(sensitivity, epsilon, delta, match):
 def test_laplace_mechanism_validates(sensitivity, epsilon, match):
     with pytest.raises(ValueError, match=match):
         laplace_mechanism(torch.zeros(3), sensitivity, epsilon)
+
+
+def test_gaussian_noise_honours_the_requested_dtype():
+    noise = gaussian_noise(4, 1.0, _gen(5), dtype=torch.float64)
+    assert noise.dtype == torch.float64
+    # Drawn in float64, not drawn in float32 and widened: the same seed gives the float64 draw.
+    assert torch.equal(noise, torch.randn(4, generator=_gen(5), dtype=torch.float64))
+
+
+def test_noise_errors_name_the_parameter():
+    with pytest.raises(ValueError, match=r"^Gaussian std must be a finite number > 0, got 0\.0$"):
+        gaussian_noise(3, 0.0)
+    with pytest.raises(ValueError, match=r"^Laplace scale must be a finite number > 0, got -1\.0$"):
+        laplace_noise(3, -1.0)
+
+
+@pytest.mark.parametrize("sensitivity", [0.1, 1.0, 2.5])
+def test_gaussian_sigma_grows_linearly_with_sensitivity(sensitivity):
+    epsilon, delta = 0.5, 1e-5
+    assert gaussian_sigma(sensitivity, epsilon, delta) == pytest.approx(
+        math.sqrt(2 * math.log(1.25 / delta)) * sensitivity / epsilon
+    )
+    unit = gaussian_sigma(1.0, epsilon, delta)
+    assert gaussian_sigma(sensitivity, epsilon, delta) == pytest.approx(sensitivity * unit)
+
+
+def test_gaussian_refusal_points_to_the_alternatives():
+    with pytest.raises(ValueError) as excinfo:
+        gaussian_sigma(1.0, 2.0, 1e-5)
+    message = str(excinfo.value)
+    assert message.startswith("epsilon must be < 1 for the classic Gaussian mechanism, got 2.0; ")
+    advice = "for epsilon >= 1 use the analytic Gaussian mechanism (Balle & Wang 2018) or an RDP accountant"
+    assert message.endswith(advice)
+
+
+def test_mechanisms_are_reproducible_with_a_generator():
+    x = torch.zeros(50)
+    for mechanism in (
+        lambda seed: laplace_mechanism(x, 1.0, 0.5, _gen(seed)),
+        lambda seed: gaussian_mechanism(x, 1.0, 0.5, 1e-5, _gen(seed)),
+    ):
+        assert torch.equal(mechanism(7), mechanism(7))
+        assert not torch.equal(mechanism(7), mechanism(8))
+
+
+@pytest.mark.parametrize("mechanism", ["laplace", "gaussian"])
+def test_float64_inputs_get_float64_noise(mechanism):
+    x = torch.zeros(1000, dtype=torch.float64)
+    if mechanism == "laplace":
+        out = laplace_mechanism(x, 1.0, 0.5, _gen(9))
+    else:
+        out = gaussian_mechanism(x, 1.0, 0.5, 1e-5, _gen(9))
+    assert out.dtype == torch.float64
+    # The noise is drawn at the input's precision, not drawn in float32 and widened.
+    assert (out.to(torch.float32).to(torch.float64) != out).float().mean().item() > 0.9
+
+
+def test_mechanism_errors_name_the_parameter():
+    with pytest.raises(ValueError, match=r"^sensitivity must be a finite number > 0, got 0\.0$"):
+        laplace_mechanism(torch.zeros(3), 0.0, 1.0)
+    with pytest.raises(ValueError, match=r"^epsilon must be a finite number > 0, got -1\.0$"):
+        laplace_mechanism(torch.zeros(3), 1.0, -1.0)
+    with pytest.raises(ValueError, match=r"^sensitivity must be a finite number > 0, got 0\.0$"):
+        gaussian_mechanism(torch.zeros(3), 0.0, 0.5, 1e-5)
+    with pytest.raises(ValueError, match=r"^epsilon must be a finite number > 0, got -1\.0$"):
+        gaussian_mechanism(torch.zeros(3), 1.0, -1.0, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mechanisms_keep_the_input_dtype(dtype):
+    x = torch.zeros(10, dtype=dtype)
+    assert laplace_mechanism(x, 1.0, 0.5, _gen(1)).dtype == dtype
+    assert gaussian_mechanism(x, 1.0, 0.5, 1e-5, _gen(1)).dtype == dtype

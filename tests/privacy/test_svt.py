@@ -170,3 +170,53 @@ def test_svt_validates_values(svt):
         svt(torch.tensor([1.0, math.nan]), 0.0, 1, 1.0, 1.0)
     with pytest.raises(ValueError, match="threshold"):
         svt(torch.zeros(3), math.inf, 1, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("svt", SVTS)
+def test_both_variants_are_reproducible_with_a_generator(svt):
+    values = torch.randn(200, generator=_gen(3))
+    a = svt(values, 0.5, 10, 1.0, 1.0, _gen(9))
+    b = svt(values, 0.5, 10, 1.0, 1.0, _gen(9))
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.values, b.values)
+    assert a.num_queries == b.num_queries
+    # The generator is what is used: other seeds give other runs.
+    others = [svt(values, 0.5, 10, 1.0, 1.0, _gen(s)) for s in range(10, 13)]
+    assert any(not torch.equal(a.values, o.values) for o in others)
+
+
+@pytest.mark.parametrize("svt", SVTS)
+def test_float64_values_are_released_with_float64_noise(svt):
+    values = torch.zeros(1000, dtype=torch.float64)
+    result = svt(values, -1e12, 1000, 1.0, 1.0, _gen(6))
+    # Every value passes and is released as 0 + noise; float64 noise is not rounded to float32.
+    assert result.values.dtype == torch.float64
+    rounded = result.values.to(torch.float32).to(torch.float64)
+    assert (rounded != result.values).float().mean().item() > 0.9
+
+
+def test_budget_split_defaults_to_the_proven_variant():
+    assert budget_split(1.0, 3) == budget_split(1.0, 3, "proven")
+    assert budget_split(1.0, 3, sensitivity=2.0) == budget_split(1.0, 3, "proven", 2.0)
+
+
+@pytest.mark.parametrize("variant", ["proven", "paper"])
+def test_budget_split_rejects_zero_sensitivity(variant):
+    with pytest.raises(ValueError, match="sensitivity must be a finite number > 0, got 0.0"):
+        budget_split(1.0, 2, variant, 0.0)
+
+
+def test_release_fraction_sets_the_release_noise():
+    n, eps = 20_000, 1.0
+    values = torch.zeros(n, dtype=torch.float64)
+    result = svt_above_threshold(values, -1e12, n, eps, 1.0, _gen(5), release_fraction=0.5)
+    expected = budget_split(eps, n, "proven", 1.0, 0.5).release  # c Delta / (eps / 2)
+    assert result.values.abs().mean().item() == pytest.approx(expected, rel=0.03)
+    assert result.epsilon_guaranteed == pytest.approx(eps)
+
+
+@pytest.mark.parametrize("svt", SVTS)
+def test_svt_value_errors_say_what_is_wrong(svt):
+    with pytest.raises(ValueError, match=r"^values must be a 1-D floating-point tensor$"):
+        svt(torch.zeros(2, 2), 0.0, 1, 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"^values must be finite \(no NaN or Inf\)$"):
+        svt(torch.tensor([1.0, math.inf]), 0.0, 1, 1.0, 1.0)
