@@ -28,7 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.common import log
-from flwr_privacy.strategies.robust import TRIM_FRACTION, check_aggregation, coordinate_wise, sparse_locations
+from flwr_privacy.strategies.robust import (
+    TRIM_FRACTION,
+    check_aggregation,
+    coordinate_wise,
+    sparse_locations,
+)
 
 from flwr_privacy.algorithms.fedavg import weighted_average
 
@@ -173,11 +178,6 @@ def check_metrics(metrics: dict[str, Any], bounds: dict[str, MetricBound]) -> No
                 raise ValueError(f"metric {key}={value!r} must be finite and in [{bound.low:g}, {bound.high:g}]")
             if bound.integer and float(item) != int(item):
                 raise ValueError(f"metric {key}={value!r} must be an integer")
-
-
-def arrays_norm(arrays: Sequence[np.ndarray]) -> float:
-    """The L2 norm of a list of arrays taken as one vector, in float64 (no overflow for finite float32)."""
-    return math.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays))
 
 
 def check_update_norm(update_norm: float, weights_norm: float, ratio: float) -> None:
@@ -361,7 +361,7 @@ class AlgorithmRounds(ABC):
     """
 
     recorder: RoundRecorder
-    rollback_point: tuple[int, dict[str, Any] | None, list[str]] | None = None  # set by ``aggregate_round``
+    rollback_point: tuple[int, dict[str, Any], list[str]] | None = None  # set by ``aggregate_round``
     replied: list[str] = []  # the clients whose replies arrived this round (``validate_replies``)
     max_update_ratio: float = MAX_UPDATE_RATIO  # set by the strategy (its ``max_update_ratio`` option)
     max_examples_ratio: float = MAX_EXAMPLES_RATIO  # likewise
@@ -456,17 +456,17 @@ def aggregate_round(rounds: AlgorithmRounds, replies: Sequence[Reply], server_ro
     before = rounds.snapshot() if accepted else None
     applied = rounds.aggregate(server_round, accepted) if accepted else []
     if before is not None and applied and not is_finite(rounds.global_arrays()):
-        roll_back(rounds, before, server_round, applied, "the aggregate is not finite")
+        roll_back(rounds, before, server_round, [a.client for a in applied], "the aggregate is not finite")
         applied = []
     rounds.after_round(server_round, applied)
-    rounds.rollback_point = (server_round, before, [a.client for a in applied]) if applied else None
+    clients = [a.client for a in applied]
+    rounds.rollback_point = (server_round, before, clients) if before is not None and applied else None
     return applied
 
 
 def roll_back(
-    rounds: AlgorithmRounds, before: dict[str, Any], server_round: int, applied: Sequence[Any], why: str
+    rounds: AlgorithmRounds, before: dict[str, Any], server_round: int, clients: Sequence[str], why: str
 ) -> None:
-    clients = [a if isinstance(a, str) else a.client for a in applied]
     rounds.restore(before)
     log(ERROR, "round %s rolled back to the previous global model: %s; clients aggregated: %s", server_round, why,
         ", ".join(clients))
@@ -478,7 +478,7 @@ def roll_back(
 def check_evaluation(rounds: AlgorithmRounds, server_round: int, values: Sequence[Any]) -> bool:
     """After the server evaluated the round's model: if a value (loss, accuracy) is not finite, roll the
     round back (its state before aggregation, counters and versions too) and return True."""
-    point = getattr(rounds, "rollback_point", None)
+    point = rounds.rollback_point
     finite = all(
         math.isfinite(v) for v in values if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
     )

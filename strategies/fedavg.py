@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config, arrays_norm, check_update_norm
+from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config, check_update_norm
 from flwr_privacy.strategies.legacy import LegacyStrategy
-from flwr_privacy.strategies.robust import median_norm_scales
+from flwr_privacy.strategies.robust import arrays_norm, median_norm_scales
 
 from flwr_privacy.algorithms.fedavg import weighted_average
 from flwr_privacy.compression.dense import DenseCodec

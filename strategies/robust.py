@@ -56,6 +56,11 @@ def coordinate_wise(
     return [np.asarray(layer, dtype=np.float32) for layer in robust]
 
 
+def arrays_norm(arrays: Sequence[np.ndarray]) -> float:
+    """The L2 norm of a list of arrays taken as one vector, in float64 (no overflow for finite float32)."""
+    return math.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays))
+
+
 def median_norm_scales(norms: Sequence[float]) -> list[float]:
     """Per update, the factor that clips its norm to the round's median norm (Sun et al. 2019)."""
     bound = statistics.median(norms)
@@ -64,7 +69,7 @@ def median_norm_scales(norms: Sequence[float]) -> list[float]:
 
 def bound_norms(values: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Each update (a vector, or a sparse update's values) clipped to the round's median L2 norm."""
-    norms = [math.sqrt(float(np.sum(np.square(v, dtype=np.float64)))) for v in values]
+    norms = [arrays_norm([v]) for v in values]
     return [(v * scale).astype(v.dtype) if scale < 1 else v for v, scale in zip(values, median_norm_scales(norms))]
 
 
