@@ -76,19 +76,32 @@ def run_processes(flwr_home: Path) -> list[int]:
     return pids
 
 
-def stop_processes(flwr_home: Path, timeout: float = 10.0) -> None:
-    """Stop every process of this FLWR_HOME: SIGTERM, then SIGKILL for any still alive after ``timeout``."""
-    pids = run_processes(flwr_home)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pids and time.monotonic() < deadline:
-        time.sleep(0.2)
-        pids = run_processes(flwr_home)
-    for pid in run_processes(flwr_home):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+def stop_processes(flwr_home: Path, timeout: float = 10.0, kill_timeout: float = 30.0) -> None:
+    """Stop every process of this FLWR_HOME: SIGTERM, then SIGKILL for any still alive after ``timeout``
+    (given up after ``kill_timeout`` more seconds only for a process the kernel cannot kill).
+
+    Each phase looks at ``/proc`` again and again, signalling what it finds, until a look finds none
+    left: a dying SuperLink or Ray can start processes while it is being stopped, and a child can only
+    be started by a live parent, which the look before would have found. SIGINT and SIGTERM wait until
+    this is done, so a second Ctrl-C cannot cut the clean-up short.
+    """
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        for sig, phase in ((signal.SIGTERM, timeout), (signal.SIGKILL, kill_timeout)):
+            signalled: set[int] = set()
+            deadline = time.monotonic() + phase
+            while (pids := run_processes(flwr_home)) and time.monotonic() < deadline:
+                for pid in pids:
+                    if sig == signal.SIGKILL or pid not in signalled:  # SIGTERM once each: let them shut down
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, sig)
+                signalled.update(pids)
+                time.sleep(0.05)
+    finally:
+        if in_main:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from experiments.flower_run import run_processes, stop_processes
+
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["model=mlp", "num_clients=2", "fraction_fit=1.0", "batch_size=50", "lr=0.1"]
 
@@ -92,3 +94,34 @@ def test_two_runs_started_at_once_both_complete(tmp_path):
     finally:
         for _, _, scratch in runs:
             kill_all(scratch)
+
+
+FORKER = """
+import os, signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+while True:
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(600)
+        os._exit(0)
+    time.sleep(0.002)
+"""
+
+
+def test_stopping_a_run_leaves_no_process_even_one_that_ignores_sigterm_and_keeps_forking(tmp_path):
+    """What a dying Ray or SuperLink can do: start processes while it is being stopped."""
+    home = Path(tempfile.mkdtemp(prefix="fp-home-", dir="/tmp"))
+    env = dict(os.environ, FLWR_HOME=str(home))
+    forkers = [subprocess.Popen([sys.executable, "-c", FORKER], env=env, start_new_session=True) for _ in range(3)]
+    try:
+        time.sleep(1.0)
+        assert len(run_processes(home)) > 3
+        stop_processes(home, timeout=0.5)
+        for forker in forkers:  # our own children: reap them, so they do not linger as zombies
+            forker.wait(timeout=10)
+        assert run_processes(home) == []
+    finally:
+        for pid in run_processes(home):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(home, ignore_errors=True)
