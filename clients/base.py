@@ -13,9 +13,12 @@ from typing import Any
 
 import torch
 from flwr.client import NumPyClient
-from flwr.common import NDArrays, Scalar
+from flwr.common import NDArrays, RecordDict, Scalar
+from flwr_privacy.clients.privacy import private_round
 from torch import nn
 
+from flwr_privacy.data import TensorData
+from flwr_privacy.privacy.dpsgd import DPSGDPlan, train_epochs_private
 from flwr_privacy.training import Data, LossFn, SGDSettings, count_examples, evaluate, pick_device, train_epochs
 from flwr_privacy.wire import arrays_to_model, model_to_arrays
 
@@ -65,14 +68,47 @@ class TrainingClient(NumPyClient):
         return loss, count_examples(data), {"accuracy": accuracy}
 
 
+def dpsgd_plan(client: TrainingClient, config: dict[str, Any], state: RecordDict | None, train_fn: Any = None):
+    """The DP-SGD plan an instruction carries (None: none), checked against what this client can do."""
+    plan = DPSGDPlan.from_settings(config, count_examples(client.data))
+    if plan is None:
+        return None
+    if train_fn is not None:
+        raise ValueError(
+            "dpsgd.enabled: DP-SGD trains with flwr_privacy's own loop, and a train_fn would train outside the "
+            "accounting; drop train_fn or turn DP-SGD off"
+        )
+    if state is None:
+        raise ValueError("dpsgd.enabled: DP-SGD needs the client's context.state for its accountant: pass state=")
+    if not isinstance(client.data, TensorData):
+        raise ValueError(
+            "dpsgd.enabled: DP-SGD draws its own Poisson lots and needs the client's data as a "
+            "flwr_privacy.data.TensorData, not a DataLoader"
+        )
+    return plan
+
+
 def local_training(
     client: TrainingClient,
     settings: SGDSettings,
     local_epochs: int,
     train_fn: TrainFn | None,
     generator: torch.Generator,
+    config: dict[str, Any] | None = None,
+    state: RecordDict | None = None,
 ) -> float | None:
-    """Step 2 of FedAvg and DSSGD alike: the user's own ``train_fn(model)`` if given, else our SGD loop."""
+    """Step 2 of FedAvg and DSSGD alike: the user's own ``train_fn(model)`` if given, else our SGD loop;
+    with a DP-SGD plan in ``config``, DP-SGD (``flwr_privacy.privacy.dpsgd``) charged to the accountant in
+    ``state``, and no training loss returned (it is computed from the data and would leave un-noised)."""
+    plan = dpsgd_plan(client, config or {}, state, train_fn)
+    if plan is not None:
+        assert state is not None and isinstance(client.data, TensorData)  # dpsgd_plan checked both
+        with private_round(state, plan, len(client.data)):
+            train_epochs_private(
+                client.model, client.data, plan.local_epochs, settings.lr, settings.momentum, settings.weight_decay,
+                plan.batch_size, plan.config, client.device, generator, client.loss_fn,
+            )
+        return None
     if train_fn is not None:
         loss = train_fn(client.model)
         return float(loss) if isinstance(loss, (int, float)) and not isinstance(loss, bool) else None

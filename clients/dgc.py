@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.common import NDArrays, RecordDict, Scalar
-from flwr_privacy.clients.base import TrainingClient, check_trainable_numel, server_round
+from flwr_privacy.clients.base import TrainingClient, check_trainable_numel, dpsgd_plan, server_round
+from flwr_privacy.clients.privacy import private_round
 from flwr_privacy.clients.state import load_arrays, save_arrays
 from torch import nn
 
@@ -24,6 +25,8 @@ from flwr_privacy.algorithms.dgc import DGCConfig, DGCMemory, dense_tensors, loc
 from flwr_privacy.compression.dense import DenseCodec
 from flwr_privacy.compression.model_update import SparseUpdateCodec
 from flwr_privacy.config import section
+from flwr_privacy.data import TensorData
+from flwr_privacy.privacy.dpsgd import DPSGDPlan, PrivateSteps
 from flwr_privacy.training import augment_batch, batches, count_examples, flat_gradient
 from flwr_privacy.wire import (
     arrays_to_model,
@@ -105,19 +108,23 @@ class DGCClient(TrainingClient):
             memory.load_state_dict(dict(zip(("u", "v"), saved)))
         generator = torch.Generator().manual_seed(self.seed * 100_003 + server_round(config))
         losses: list[float] = []
-        steps = self.mini_batches(generator)
-
-        def gradient_at(weights: torch.Tensor) -> torch.Tensor:
-            torch.nn.utils.vector_to_parameters(weights, self.model.parameters())
-            x, y = next(steps)
-            if self.augment:
-                x = augment_batch(x, generator)
-            grad, loss = flat_gradient(self.model, x, y, self.loss_fn)
-            losses.append(loss)
-            return grad
-
+        plan = dpsgd_plan(self, config, self.state)
         start = torch.nn.utils.parameters_to_vector(self.model.parameters()).detach()
-        local_round(memory, gradient_at, start, self.local_steps, float(config.get("server_lr", 0.0)))
+        if plan is None:
+            steps = self.mini_batches(generator)
+
+            def gradient_at(weights: torch.Tensor) -> torch.Tensor:
+                torch.nn.utils.vector_to_parameters(weights, self.model.parameters())
+                x, y = next(steps)
+                if self.augment:
+                    x = augment_batch(x, generator)
+                grad, loss = flat_gradient(self.model, x, y, self.loss_fn)
+                losses.append(loss)
+                return grad
+
+            local_round(memory, gradient_at, start, self.local_steps, float(config.get("server_lr", 0.0)))
+        else:
+            self.private_round(plan, memory, start, generator, float(config.get("server_lr", 0.0)))
         torch.nn.utils.vector_to_parameters(start, self.model.parameters())
         indices, values = memory.compress_and_mask(sparsity, generator)
         state = memory.state_dict()
@@ -129,8 +136,41 @@ class DGCClient(TrainingClient):
             payload = codec.encode([dense.cpu().numpy(), *buffers])
         else:
             payload = SparseUpdateCodec(memory.numel, self.dense_shapes, value_dtype).encode(indices, values, buffers)
-        metrics: dict[str, Scalar] = {"train_loss": float(np.mean(losses)), "sent": int(indices.numel())}
+        metrics: dict[str, Scalar] = {"sent": int(indices.numel())}
+        if losses:  # not under DP-SGD: the loss is computed from the data and would leave un-noised
+            metrics["train_loss"] = float(np.mean(losses))
         return payload, count_examples(self.data), metrics
+
+    def private_round(
+        self, plan: DPSGDPlan, memory: DGCMemory, start: torch.Tensor, generator: torch.Generator, server_lr: float
+    ) -> None:
+        """DGC's local round on DP-SGD gradients: each of the ``local_steps`` gradients is a Poisson lot's,
+        clipped per example and noised (``flwr_privacy.privacy.dpsgd.PrivateSteps``), charged to the
+        accountant in ``context.state``; DGC's own clipping, momentum and top-k then only post-process it."""
+        if plan.local_steps != self.local_steps:
+            raise ValueError(
+                f"dpsgd: the server accounts {plan.local_steps} DP-SGD steps a round, this client takes "
+                f"local-steps={self.local_steps}: make them equal"
+            )
+        optimizer = torch.optim.SGD(self.model.parameters(), lr=1.0)  # never stepped: DGC applies the gradient
+        assert isinstance(self.data, TensorData)  # dpsgd_plan checked it
+        with private_round(self.state, plan, len(self.data)):
+            private = PrivateSteps(
+                self.model, self.data, plan.config, plan.batch_size, self.device, generator, optimizer
+            )
+            lots = private.lots()
+
+            def gradient_at(weights: torch.Tensor) -> torch.Tensor:
+                torch.nn.utils.vector_to_parameters(weights, self.model.parameters())
+                self.model.train()
+                private.noisy_gradient(*next(lots), self.loss_fn)
+                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.model.parameters()]
+                return torch.cat([g.reshape(-1) for g in grads]).detach()
+
+            try:
+                local_round(memory, gradient_at, start, self.local_steps, server_lr)
+            finally:
+                private.close()
 
     def mini_batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Endless mini-batches over the local data (reshuffled each pass for TensorData)."""

@@ -89,7 +89,7 @@ class DSSGDClient(TrainingClient):
         self.download(parameters, config)
         before, _ = split_trainable(model_to_arrays(self.model), self.trainable)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + server_round(config))
-        loss = local_training(self, self.settings, self.local_epochs, self.train_fn, generator)
+        loss = local_training(self, self.settings, self.local_epochs, self.train_fn, generator, config, self.state)
         arrays = model_to_arrays(self.model)
         after, buffers = split_trainable(arrays, self.trainable)
         if dssgd.dp and dssgd.insecure_seeded_noise:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.common import NDArrays, Scalar
+from flwr.common import NDArrays, RecordDict, Scalar
 from flwr_privacy.clients.base import TrainFn, TrainingClient, local_training, server_round
 from torch import nn
 
@@ -22,6 +22,7 @@ class FedAvgClient(TrainingClient):
         settings: SGD settings of our training loop; ``local_epochs``: E.
         train_fn: the user's own training function, ``train_fn(model) -> loss``, used instead of our loop.
         seed: seeds the shuffling of TensorData.
+        state: the client's ``context.state``, where its privacy accountant lives (needed for DP-SGD only).
     """
 
     def __init__(
@@ -33,9 +34,11 @@ class FedAvgClient(TrainingClient):
         local_epochs: int = 1,
         train_fn: TrainFn | None = None,
         seed: int = 0,
+        state: RecordDict | None = None,
         **common: Any,
     ) -> None:
         super().__init__(model, data, **common)
+        self.state = state
         self.settings = settings or SGDSettings()
         self.local_epochs = local_epochs
         self.train_fn = train_fn
@@ -45,7 +48,7 @@ class FedAvgClient(TrainingClient):
         received = [np.asarray(p, dtype=np.float32) for p in parameters]
         arrays_to_model(self.model, received)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + server_round(config))
-        loss = local_training(self, self.settings, self.local_epochs, self.train_fn, generator)
+        loss = local_training(self, self.settings, self.local_epochs, self.train_fn, generator, config, self.state)
         dtype = str(config.get("wire_dtype", "float32"))
         arrays = model_to_arrays(self.model)
         if config.get("uplink", "model") == "delta":  # the change, so the server's float32 model keeps it

@@ -68,6 +68,7 @@ def partition_id(context: Context) -> int:
 def fedavg_train(msg: Message, context: Context, model: nn.Module, data: Any, **options: Any) -> Message:
     """FedAvg's local update on the app's model and data; ``options`` are ``FedAvgClient``'s
     (``loss_fn``, ``device``, ``settings``, ``local_epochs``, or the app's own ``train_fn(model)``)."""
+    options.setdefault("state", context.state)
     return train_reply(msg, model, FedAvgClient(model, data, **options), named=True)
 
 

@@ -59,7 +59,8 @@ def fedavg_strategy(s: ServerSetup) -> FedAvg:
 
 def fedavg_client(s: ClientSetup) -> FedAvgClient:
     return FedAvgClient(
-        s.model, s.data, settings=s.cfg.sgd, local_epochs=s.cfg.local_epochs, device=s.device, seed=s.seed
+        s.model, s.data, settings=s.cfg.sgd, local_epochs=s.cfg.local_epochs, device=s.device, seed=s.seed,
+        state=s.context.state,
     )
 
 
@@ -114,7 +115,7 @@ def dssgd_client(s: ClientSetup) -> DSSGDClient:
 
 BUILT_IN = (
     Algorithm("fedavg", fedavg_strategy, fedavg_client),
-    Algorithm("dgc", dgc_strategy, dgc_client, DGCConfig, dgc_config),
+    Algorithm("dgc", dgc_strategy, dgc_client, DGCConfig, dgc_config, dpsgd_steps="steps"),
     Algorithm("dssgd", dssgd_strategy, dssgd_client, DSSGDConfig),
 )
 for _algorithm in BUILT_IN:

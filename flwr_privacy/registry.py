@@ -36,6 +36,8 @@ class Algorithm:
             from the ``name.*`` keys; None if it has none (then any ``name.*`` key is an error).
         build_config: ``build_config(values, run_config) -> config``, where building needs more than
             ``config_class(**values)`` (DGC's workers default to the clients per round, say).
+        dpsgd_steps: how its clients train a round under DP-SGD, for the server's ledger: ``"epochs"``
+            (local-epochs passes over the data, FedAvg and DSSGD) or ``"steps"`` (local-steps lots, DGC).
     """
 
     name: str
@@ -43,8 +45,11 @@ class Algorithm:
     client: Callable[[Any], Any]
     config_class: type | None = None
     build_config: ConfigBuilder | None = None
+    dpsgd_steps: str = "epochs"
 
     def __post_init__(self) -> None:
+        if self.dpsgd_steps not in ("epochs", "steps"):
+            raise ValueError(f"dpsgd_steps={self.dpsgd_steps!r} of {self.name!r} must be 'epochs' or 'steps'")
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum() or "." in self.name:
             raise ValueError(f"algorithm name {self.name!r} must be a non-empty word (letters, digits, - or _)")
         if self.config_class is not None and not is_dataclass(self.config_class):

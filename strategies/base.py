@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.common import log
+from flwr_privacy.strategies.privacy import PrivacyLedger
 from flwr_privacy.strategies.robust import (
     TRIM_FRACTION,
     check_aggregation,
@@ -373,6 +374,7 @@ class AlgorithmRounds(ABC):
         if not self.initial_arrays:
             raise ValueError("initial_arrays holds no floating-point array: nothing to train")
         self.shapes = [a.shape for a in self.initial_arrays]
+        self.ledger = PrivacyLedger()  # the strategy sets its DP-SGD plan; an algorithm its own mechanism
 
     def settings(self) -> Config:
         """The algorithm's settings, sent to every client with every instruction (one copy of the config)."""
@@ -411,6 +413,14 @@ class AlgorithmRounds(ABC):
 
     def after_round(self, server_round: int, accepted: list[Accepted]) -> None:  # noqa: B027 (optional hook)
         """Hook run after every round's aggregation, accepted or not (e.g. DSSGD's counter decay)."""
+
+    def round_pure_epsilon(self) -> float:
+        """The pure epsilon each replying client's own mechanism spends in a round (DSSGD's SVT); 0: none."""
+        return 0.0
+
+    def instruction_settings(self) -> Config:
+        """What every instruction carries besides the algorithm's own: the DP-SGD plan, if any."""
+        return self.ledger.plan.settings() if self.ledger.plan is not None else {}
 
     def vote_weights(self, accepted: Sequence[Accepted]) -> list[int]:
         """What each accepted reply weighs: its example count under ``"mean"``; one client, one vote under a
@@ -459,6 +469,7 @@ def aggregate_round(rounds: AlgorithmRounds, replies: Sequence[Reply], server_ro
         roll_back(rounds, before, server_round, [a.client for a in applied], "the aggregate is not finite")
         applied = []
     rounds.after_round(server_round, applied)
+    charge_privacy(rounds)
     clients = [a.client for a in applied]
     rounds.rollback_point = (server_round, before, clients) if before is not None and applied else None
     return applied
@@ -489,4 +500,15 @@ def check_evaluation(rounds: AlgorithmRounds, server_round: int, values: Sequenc
     rounds.rollback_point = None
     rounds.recorder.add(accepted=0)
     rounds.after_round(server_round, [])
+    charge_privacy(rounds)
     return True
+
+
+def charge_privacy(rounds: AlgorithmRounds) -> None:
+    """The round's release charged to every client that replied (``validate_replies``), from the config
+    alone, and the ledger's report added to the round's record."""
+    ledger = rounds.ledger
+    if ledger.plan is None and not ledger.pure_mechanism:
+        return
+    ledger.charge(rounds.replied, rounds.round_pure_epsilon())
+    rounds.recorder.add(**ledger.report())

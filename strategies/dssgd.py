@@ -43,7 +43,8 @@ class DSSGDRounds(AlgorithmRounds):
         self.codec = SparseUpdateCodec(weights.numel(), buffer_shapes(self.shapes, self.trainable), value_dtype)
         # The download overwrites the participants' copies: float32 whatever the uplink's dtype.
         self.download_codec = SparseUpdateCodec(weights.numel(), buffer_shapes(self.shapes, self.trainable))
-        self.spent: dict[str, float] = {}  # cumulative epsilon per participant (sequential composition)
+        if config.dp:
+            self.ledger.pure_mechanism = f"svt ({config.svt_variant})"
 
     def settings(self) -> Config:
         return {
@@ -107,22 +108,16 @@ class DSSGDRounds(AlgorithmRounds):
 
     def after_round(self, server_round: int, accepted: list[Accepted]) -> None:
         self.server.maybe_decay(server_round)
-        self.record_privacy()  # here, not in aggregate: a round rolled back or all rejected still released
+        if self.config.dp:  # what each participant that replied spent this round, rejected or not
+            self.recorder.add(
+                epsilon=self.round_pure_epsilon() if self.replied else 0.0,
+                epsilon_claimed=self.config.epsilon if self.replied else 0.0,
+            )
 
-    def record_privacy(self) -> None:
-        """Epsilon each participant spent this round and the largest running total (basic composition),
-        computed here from the configured mechanism and keyed by the node that replied: every reply that
-        arrived was released, accepted or not, and nothing a client reports enters the ledger."""
-        if not self.config.dp:
-            return
-        spend = round_epsilon(self.config, self.server.num_params)
-        for client in self.replied:
-            self.spent[client] = self.spent.get(client, 0.0) + spend
-        self.recorder.add(
-            epsilon=spend if self.replied else 0.0,
-            epsilon_claimed=self.config.epsilon if self.replied else 0.0,
-            epsilon_total_max=max(self.spent.values(), default=0.0),
-        )
+    def round_pure_epsilon(self) -> float:
+        """The SVT's guaranteed epsilon per upload, from the configured mechanism (the server's ledger,
+        ``strategies.privacy``, charges it to each node that replied: nothing a client reports enters it)."""
+        return round_epsilon(self.config, self.server.num_params) if self.config.dp else 0.0
 
 
 class DSSGD(LegacyStrategy):

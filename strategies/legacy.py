@@ -45,6 +45,8 @@ from flwr_privacy.strategies.base import (
 )
 from flwr_privacy.strategies.robust import TRIM_FRACTION
 
+from flwr_privacy.privacy.dpsgd import DPSGDPlan
+
 EvaluateFn = Callable[[int, list[np.ndarray], dict[str, Scalar]], tuple[float, dict[str, Scalar]] | None]
 FitConfigFn = Callable[[int], dict[str, Scalar]]
 
@@ -78,7 +80,8 @@ class LegacyStrategy(Strategy):
 
     Defaults are Flower's (``fraction_fit=1.0``, ``min_fit_clients=2`` ...). ``seed`` makes client
     sampling reproducible; ``max_failed_rounds`` consecutive rounds with every reply rejected stop the
-    run with a ``FederationError`` naming the reason.
+    run with a ``FederationError`` naming the reason. ``dpsgd`` (a ``flwr_privacy.privacy.dpsgd.DPSGDPlan``)
+    has every client train with DP-SGD and the server's ledger report what each node spent.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class LegacyStrategy(Strategy):
         max_examples_ratio: float = MAX_EXAMPLES_RATIO,
         aggregation: str = "mean",
         trim_fraction: float = TRIM_FRACTION,
+        dpsgd: DPSGDPlan | None = None,
         on_round: RoundCallback | None = None,
     ) -> None:
         super().__init__()
@@ -110,6 +114,7 @@ class LegacyStrategy(Strategy):
         self.rounds = rounds
         rounds.max_update_ratio, rounds.max_examples_ratio = max_update_ratio, max_examples_ratio
         rounds.aggregation, rounds.trim_fraction = aggregation, trim_fraction
+        rounds.ledger.plan = dpsgd
         self.evaluate_fn = evaluate_fn
         self.fraction_fit = fraction_fit
         self.fraction_evaluate = fraction_evaluate
@@ -166,7 +171,7 @@ class LegacyStrategy(Strategy):
             else:
                 parameters = ndarrays_to_parameters(payload)
             self.recorder.sent(parameters_nbytes(parameters))
-            instructions.append((client, FitIns(parameters, {**extra, **config})))
+            instructions.append((client, FitIns(parameters, {**extra, **config, **self.rounds.instruction_settings()})))
         return instructions
 
     def aggregate_fit(

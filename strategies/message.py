@@ -53,6 +53,7 @@ from flwr_privacy.strategies.robust import TRIM_FRACTION
 from flwr_privacy.algorithms.dgc import DGCConfig
 from flwr_privacy.algorithms.dssgd import DSSGDConfig
 from flwr_privacy.compression.base import PayloadError
+from flwr_privacy.privacy.dpsgd import DPSGDPlan
 
 __all__ = ["DGC", "DGCConfig", "DSSGD", "DSSGDConfig", "FedAvg", "MessageStrategy"]
 
@@ -98,6 +99,7 @@ class MessageStrategy(Strategy):
         max_examples_ratio: float = MAX_EXAMPLES_RATIO,
         aggregation: str = "mean",
         trim_fraction: float = TRIM_FRACTION,
+        dpsgd: DPSGDPlan | None = None,
         on_round: RoundCallback | None = None,
     ) -> None:
         check_train_sampling(fraction_train, min_train_nodes, "fraction_train", "min_train_nodes")
@@ -114,6 +116,7 @@ class MessageStrategy(Strategy):
         self.arrayrecord_key = arrayrecord_key
         self.configrecord_key = configrecord_key
         self.seed = seed
+        self.dpsgd = dpsgd
         self.recorder = RoundRecorder(on_round, max_failed_rounds)
         self.rounds: AlgorithmRounds | None = None
         self.template: ArrayRecord | None = None
@@ -141,6 +144,7 @@ class MessageStrategy(Strategy):
         self.rounds.recorder = self.recorder
         self.rounds.max_update_ratio, self.rounds.max_examples_ratio = self.max_update_ratio, self.max_examples_ratio
         self.rounds.aggregation, self.rounds.trim_fraction = self.aggregation, self.trim_fraction
+        self.rounds.ledger.plan = self.dpsgd
 
     @property
     def algorithm(self) -> AlgorithmRounds:
@@ -225,7 +229,9 @@ class MessageStrategy(Strategy):
             else:
                 record = ArrayRecord(payload)
             self.recorder.sent(record_nbytes(record))
-            settings = ConfigRecord({**dict(config), **instruction, "server-round": server_round})
+            settings = ConfigRecord(
+                {**dict(config), **instruction, **self.algorithm.instruction_settings(), "server-round": server_round}
+            )
             content = RecordDict({self.arrayrecord_key: record, self.configrecord_key: settings})
             messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
         return messages

@@ -206,5 +206,5 @@ def test_the_privacy_report_is_the_servers_own_whatever_a_client_claims(federati
     history = fed.run()
     assert [r["epsilon"] for r in history[1:]] == pytest.approx([epsilon, epsilon])
     assert [r["epsilon_total_max"] for r in history[1:]] == pytest.approx([epsilon, 2 * epsilon])
-    assert fed.strategy.rounds.spent == pytest.approx({liar.cid: 2 * epsilon, rejected.cid: 2 * epsilon})
+    assert fed.strategy.rounds.ledger.pure_epsilon == pytest.approx({liar.cid: 2 * epsilon, rejected.cid: 2 * epsilon})
     assert all(r["failures"] == 1 for r in history[1:])  # the oversized upload was refused, and charged

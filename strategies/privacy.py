@@ -1,0 +1,78 @@
+"""The server's privacy ledger: what each node has spent, from the configured mechanisms alone.
+
+Keyed by the node that replied (every reply that arrived was released, accepted or not), charged each
+round from the config: DP-SGD's sampled Gaussian steps (``flwr_privacy.privacy.dpsgd.DPSGDPlan``,
+composed by Flower's RDP accountant, ``flwr.serverapp.PrivacyAccountant``) and any pure-epsilon
+release an algorithm makes (DSSGD's sparse vector technique), the two added (basic composition).
+Nothing a client reports enters it. The state is plain numbers (steps and epsilon per node), so a
+round that is rolled back restores it with the rest of the strategy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from flwr.serverapp import GaussianPrivacyEvent, PrivacyConfig, PrivacySpent
+from flwr.supercore.privacy_accounting import NeighboringRelation, SamplingMethod
+from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+from flwr_privacy.privacy.dpsgd import MECHANISM, DPSGDPlan, sample_size
+
+
+@lru_cache(maxsize=256)
+def dpsgd_spent(plan: DPSGDPlan, steps: int) -> PrivacySpent:
+    """(epsilon, delta) of ``steps`` DP-SGD steps of the plan, for a client with ``plan.min_examples``."""
+    n = plan.min_examples
+    accountant = RdpAccountant(
+        PrivacyConfig(plan.config.delta, n, NeighboringRelation.ADD_OR_REMOVE_ONE, SamplingMethod.POISSON)
+    )
+    accountant.compose(GaussianPrivacyEvent(plan.config.noise_multiplier, sample_size(plan.batch_size, n), n), steps)
+    return accountant.get_privacy_spent()
+
+
+@dataclass
+class PrivacyLedger:
+    """Per node: the DP-SGD steps it took (``plan``) and the pure epsilon it spent (``pure_mechanism``).
+
+    ``delta`` is what epsilon is reported at: the DP-SGD plan's, else 0 (pure DP).
+    """
+
+    plan: DPSGDPlan | None = None
+    pure_mechanism: str | None = None
+    steps: dict[str, int] = field(default_factory=dict)
+    pure_epsilon: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def delta(self) -> float:
+        return self.plan.config.delta if self.plan is not None else 0.0
+
+    @property
+    def mechanism(self) -> str:
+        names = ([MECHANISM] if self.plan is not None else []) + ([self.pure_mechanism] if self.pure_mechanism else [])
+        return " + ".join(names)
+
+    def charge(self, clients: Sequence[str], pure_epsilon: float = 0.0) -> None:
+        """One round's release by each of ``clients``: the plan's steps, and ``pure_epsilon`` more."""
+        for client in clients:
+            if self.plan is not None:
+                self.steps[client] = self.steps.get(client, 0) + self.plan.steps(self.plan.min_examples)
+            if pure_epsilon:
+                self.pure_epsilon[client] = self.pure_epsilon.get(client, 0.0) + pure_epsilon
+
+    def spent(self, client: str) -> PrivacySpent:
+        """What ``client`` has spent: (epsilon, delta) by RDP for its DP-SGD steps, plus its pure epsilon."""
+        epsilon, releases, order = self.pure_epsilon.get(client, 0.0), 0, None
+        steps = self.steps.get(client, 0)
+        if self.plan is not None and steps:
+            gaussian = dpsgd_spent(self.plan, steps)
+            epsilon, releases, order = epsilon + gaussian.epsilon, steps, gaussian.optimal_order
+        return PrivacySpent(epsilon, self.delta, releases, "rdp" if self.plan else "pure", order)
+
+    def report(self) -> dict[str, Any]:
+        """The round record's privacy columns: the largest epsilon any node has spent, at ``delta``."""
+        nodes = set(self.steps) | set(self.pure_epsilon)
+        worst = max((self.spent(node).epsilon for node in nodes), default=0.0)
+        return {"epsilon_total_max": worst, "privacy_delta": self.delta, "privacy_mechanism": self.mechanism}
