@@ -22,8 +22,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.checkpoint import resumable_strategy
 from experiments.client_app import client_fn
-from experiments.federation import check_partitions, make_strategy, validate_run_config
+from experiments.federation import check_partitions, validate_run_config
 from experiments.flower_run import FlowerRunError, flwr_run
 from experiments.inprocess import make_federation, run_inprocess
 from experiments.results import ResultsWriter, plot_rounds
@@ -45,9 +46,10 @@ def to_run_config(cfg: DictConfig) -> dict[str, Any]:
                 flat[f"{key}.{sub.replace('_', '-')}"] = v
         else:
             flat[key.replace("_", "-")] = value
-    if flat.get("data-dir"):
-        data_dir = Path(flat["data-dir"]).expanduser()
-        flat["data-dir"] = str(data_dir if data_dir.is_absolute() else Path(get_original_cwd()) / data_dir)
+    for key in ("data-dir", "resume"):  # paths as the user typed them, from where they ran the command
+        if flat.get(key):
+            path = Path(flat[key]).expanduser()
+            flat[key] = str(path if path.is_absolute() else Path(get_original_cwd()) / path)
     return flat
 
 
@@ -95,8 +97,8 @@ def run(cfg: DictConfig) -> None:
         # run's log file): keep Hydra's, so each line shows once and lands in the log file.
         logging.getLogger("flwr").removeHandler(flwr_logger.console_handler)
         writer = ResultsWriter(config.output_dir, run_config)
-        strategy = make_strategy(config, run_config, on_round=writer)
-        run_inprocess(strategy, make_federation(client_fn, run_config, config.num_clients), config.num_rounds)
+        strategy, rounds_left = resumable_strategy(config, run_config, on_round=writer)
+        run_inprocess(strategy, make_federation(client_fn, run_config, config.num_clients), rounds_left)
         rows = writer.rows
     plot_rounds(rows, Path(config.output_dir) / "accuracy.png", title=Path(config.output_dir).name)
     print(summarise(rows))

@@ -63,6 +63,8 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     output_dir: str = "outputs/latest"
+    checkpoint_every: int = 1
+    resume: str = ""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -87,6 +89,8 @@ class RunConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{_key(name)}={getattr(self, name)} must be >= 1")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint-every={self.checkpoint_every} must be >= 0 (0: no checkpoints)")
         if self.seed < 0:
             raise ValueError(f"seed={self.seed} must be >= 0 (NumPy and PyTorch seeds are non-negative)")
         if not self.alpha > 0:

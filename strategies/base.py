@@ -204,7 +204,7 @@ class RoundRecorder:
     history: list[dict[str, Any]] = field(default_factory=list)
     _current: dict[str, Any] = field(default_factory=dict)
     _reasons: list[str] = field(default_factory=list)
-    _failed_in_a_row: int = 0
+    failed_in_a_row: int = 0
     _started: float = 0.0
 
     def start(self, server_round: int) -> None:
@@ -233,17 +233,17 @@ class RoundRecorder:
         one line per distinct reason, and ``max_failed_rounds`` of them in a row stop the run."""
         self._current["accepted"] = accepted
         if accepted or not self._current.get("clients"):
-            self._failed_in_a_row = 0
+            self.failed_in_a_row = 0
             return
-        self._failed_in_a_row += 1
+        self.failed_in_a_row += 1
         server_round = self._current.get("round")
         counts = Counter(self._reasons or ["no reply arrived"])
         for reason, count in counts.most_common():
             log(ERROR, "round %s: every reply rejected; %d x %s", server_round, count, reason)
-        if self._failed_in_a_row >= self.max_failed_rounds:
+        if self.failed_in_a_row >= self.max_failed_rounds:
             reason, count = counts.most_common(1)[0]
             raise FederationError(
-                f"{self._failed_in_a_row} rounds in a row rejected every client reply "
+                f"{self.failed_in_a_row} rounds in a row rejected every client reply "
                 f"(round {server_round}: {count} of {self._current['clients']}): {reason}"
             )
 
@@ -413,6 +413,12 @@ class AlgorithmRounds(ABC):
 
     def after_round(self, server_round: int, accepted: list[Accepted]) -> None:  # noqa: B027 (optional hook)
         """Hook run after every round's aggregation, accepted or not (e.g. DSSGD's counter decay)."""
+
+    def resumed(self) -> None:
+        """After a restore from a checkpoint into a new run: the clients are new processes, whatever they
+        held is gone (DGC forgets which model version each holds); the privacy ledger carries the worst
+        spend so far over to every node, as node ids change from run to run."""
+        self.ledger.carry_over()
 
     def round_pure_epsilon(self) -> float:
         """The pure epsilon each replying client's own mechanism spends in a round (DSSGD's SVT); 0: none."""

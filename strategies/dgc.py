@@ -124,6 +124,11 @@ class DGCRounds(AlgorithmRounds):
         self.round_k = self.entries(server_round)
         return instructions
 
+    def resumed(self) -> None:
+        """The clients of a resumed run hold no model: each gets the dense model first."""
+        super().resumed()
+        self.versions = {}
+
     def entries(self, server_round: int) -> int:
         """Entries a client sends this round: its k (tensors sent whole count in full)."""
         return entries_sent(self.segments, self.whole, self.config.sparsity_at(server_round - 1))

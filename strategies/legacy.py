@@ -8,6 +8,7 @@ record; client-side evaluation runs on ``fraction_evaluate`` of the clients, as 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -127,6 +128,26 @@ class LegacyStrategy(Strategy):
         self.recorder = RoundRecorder(on_round, max_failed_rounds)
         rounds.recorder = self.recorder
         self.sample_timeout = 60
+        self.round_offset = 0  # rounds already done before Flower's round 1 (a resumed run)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the server holds after the last finished round: the algorithm's state (global model,
+        momentum, counters, versions, privacy ledger) and the records so far; ``load_state_dict`` resumes."""
+        return {
+            "round": self.history[-1]["round"] if self.history else 0,
+            "rounds": self.rounds.snapshot(),
+            "history": copy.deepcopy(self.history),
+            "failed_in_a_row": self.recorder.failed_in_a_row,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after ``state["round"]``: Flower's round k is then round k + that. The clients are new
+        processes whose own state is gone (``AlgorithmRounds.resumed``)."""
+        self.rounds.restore(state["rounds"])
+        self.rounds.resumed()
+        self.recorder.history = list(state["history"])
+        self.recorder.failed_in_a_row = int(state["failed_in_a_row"])
+        self.round_offset = int(state["round"])
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -158,6 +179,7 @@ class LegacyStrategy(Strategy):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
+        server_round += self.round_offset
         self.recorder.start(server_round)
         clients = self.sample(client_manager, self.fraction_fit, self.min_fit_clients, server_round, "train")
         extra = self.on_fit_config_fn(server_round) if self.on_fit_config_fn is not None else {}
@@ -180,6 +202,7 @@ class LegacyStrategy(Strategy):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        server_round += self.round_offset
         replies = [failure_reply(f) for f in failures] + [legacy_reply(c, r) for c, r in results]
         applied = aggregate_round(self.rounds, replies, server_round)
         self.recorder.add(train_loss=mean_metric(applied, "train_loss"))
@@ -189,6 +212,9 @@ class LegacyStrategy(Strategy):
         return ndarrays_to_parameters(self.rounds.global_arrays()), {"accepted": len(applied)}
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        if server_round == 0 and self.round_offset:  # a resumed run: its starting model is already recorded
+            return None
+        server_round += self.round_offset
         result = None
         if self.evaluate_fn is not None:
             result = self.evaluate_fn(server_round, self.rounds.global_arrays(), {})
@@ -203,6 +229,7 @@ class LegacyStrategy(Strategy):
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
         if self.fraction_evaluate == 0:
             return []
+        server_round += self.round_offset
         clients = self.sample(
             client_manager, self.fraction_evaluate, self.min_evaluate_clients, server_round, "evaluate"
         )
@@ -218,6 +245,7 @@ class LegacyStrategy(Strategy):
         results: list[tuple[ClientProxy, EvaluateRes]],
         failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
     ) -> tuple[float | None, dict[str, Scalar]]:
+        server_round += self.round_offset
         replies = [failure_reply(f) for f in failures]
         for client, res in results:
             reply = legacy_reply(client, res)

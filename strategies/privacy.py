@@ -44,6 +44,8 @@ class PrivacyLedger:
     pure_mechanism: str | None = None
     steps: dict[str, int] = field(default_factory=dict)
     pure_epsilon: dict[str, float] = field(default_factory=dict)
+    carried_steps: int = 0  # spend before a resume, charged to every node (``carry_over``)
+    carried_pure_epsilon: float = 0.0
 
     @property
     def delta(self) -> float:
@@ -62,10 +64,17 @@ class PrivacyLedger:
             if pure_epsilon:
                 self.pure_epsilon[client] = self.pure_epsilon.get(client, 0.0) + pure_epsilon
 
+    def carry_over(self) -> None:
+        """A resumed run's nodes have new ids: each is charged from now on as if it were the node that had
+        spent the most before (the largest steps and the largest pure epsilon): an upper bound."""
+        self.carried_steps += max(self.steps.values(), default=0)
+        self.carried_pure_epsilon += max(self.pure_epsilon.values(), default=0.0)
+        self.steps, self.pure_epsilon = {}, {}
+
     def spent(self, client: str) -> PrivacySpent:
         """What ``client`` has spent: (epsilon, delta) by RDP for its DP-SGD steps, plus its pure epsilon."""
-        epsilon, releases, order = self.pure_epsilon.get(client, 0.0), 0, None
-        steps = self.steps.get(client, 0)
+        epsilon, releases, order = self.pure_epsilon.get(client, 0.0) + self.carried_pure_epsilon, 0, None
+        steps = self.steps.get(client, 0) + self.carried_steps
         if self.plan is not None and steps:
             gaussian = dpsgd_spent(self.plan, steps)
             epsilon, releases, order = epsilon + gaussian.epsilon, steps, gaussian.optimal_order
@@ -74,5 +83,5 @@ class PrivacyLedger:
     def report(self) -> dict[str, Any]:
         """The round record's privacy columns: the largest epsilon any node has spent, at ``delta``."""
         nodes = set(self.steps) | set(self.pure_epsilon)
-        worst = max((self.spent(node).epsilon for node in nodes), default=0.0)
+        worst = max((self.spent(node).epsilon for node in nodes), default=self.spent("").epsilon)
         return {"epsilon_total_max": worst, "privacy_delta": self.delta, "privacy_mechanism": self.mechanism}

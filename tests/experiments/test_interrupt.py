@@ -125,3 +125,34 @@ def test_stopping_a_run_leaves_no_process_even_one_that_ignores_sigterm_and_keep
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_run_killed_mid_run_resumes_to_the_results_of_one_never_stopped(tmp_path):
+    """The server (and everything else) killed with SIGKILL after a few rounds; ``resume=`` continues from
+    its last checkpoint and ends where the run that was never stopped ends (FedAvg: clients hold nothing)."""
+    runs = {}
+    proc, out, scratch = start(tmp_path, "whole", "num_rounds=8")
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stdout[-2000:] + stderr[-2000:]
+        runs["whole"] = json.loads((out / "rounds.json").read_text())
+    finally:
+        kill_all(scratch)
+    proc, killed, scratch = start(tmp_path, "killed", "num_rounds=8")
+    try:
+        deadline = time.monotonic() + 300
+        while rows_written(killed) < 4 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert rows_written(killed) >= 4 and (killed / "checkpoint.pt").is_file()
+    finally:
+        kill_all(scratch)  # SIGKILL: no clean-up of any kind
+    assert rows_written(killed) < 9
+    proc, out, scratch = start(tmp_path, "resumed", "num_rounds=8", f"resume={killed}")
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stdout[-2000:] + stderr[-2000:]
+        runs["resumed"] = json.loads((out / "rounds.json").read_text())
+    finally:
+        kill_all(scratch)
+    keys = ("round", "test_accuracy", "test_loss", "bytes_up", "cum_bytes_down")
+    assert [[r[k] for k in keys] for r in runs["resumed"]] == [[r[k] for k in keys] for r in runs["whole"]]
