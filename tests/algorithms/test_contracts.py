@@ -1,0 +1,131 @@
+"""The algorithms' contracts at their edges: each refusal names what is wrong (what a user or a log
+reader sees), each boundary sits where the papers put it, and randomness comes from where it is said to."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flwr_privacy.algorithms.dgc import average_sparse
+from flwr_privacy.algorithms.dssgd import (
+    GAMMA_TOLERANCE,
+    DSSGDConfig,
+    download_indices,
+    num_upload,
+    overwrite_local,
+    participant_upload,
+    select_random_above_threshold,
+    validate_upload,
+)
+from flwr_privacy.algorithms.fedavg import weighted_average
+from flwr_privacy.compression.base import PayloadError
+
+ONE = [np.ones(3, dtype=np.float32)]
+SPARSE = (torch.tensor([0]), torch.tensor([1.0]))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: weighted_average([], []), "^no updates to average$"),
+        (lambda: weighted_average([ONE], [1, 2]), "^1 updates but 2 example counts$"),
+        (lambda: weighted_average([ONE], [0]), r"^example counts must be positive, got \[0\]$"),
+        (lambda: average_sparse([], [], 3), "^no updates to average$"),
+        (lambda: average_sparse([SPARSE], [1.0, 2.0], 3), "^1 updates but 2 weights$"),
+        (lambda: num_upload(0.1, 0), "^number of parameters must be an int >= 1, got 0$"),
+        (lambda: num_upload(0.0, 10), r"^fraction must be in \(0, 1\], got 0.0$"),
+        (lambda: num_upload(1.5, 10), r"^fraction must be in \(0, 1\], got 1.5$"),
+        (lambda: download_indices(torch.zeros(2, 2), 1.0), "^stats must be a 1-D floating-point tensor$"),
+        (lambda: overwrite_local(torch.zeros(2, 2), SPARSE[0], SPARSE[1]), "^local parameters must be a 1-D"),
+        (lambda: participant_upload(torch.zeros(2, 2), DSSGDConfig()), "^delta must be a 1-D"),
+        (lambda: participant_upload(torch.tensor([float("nan")]), DSSGDConfig()),
+         "^delta contains NaN or Inf: local training diverged$"),
+    ],
+)
+def test_each_refusal_names_what_is_wrong(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.mark.parametrize(
+    "indices, values, message",
+    [
+        (np.array([[0]]), np.array([0.0], np.float32), r"^indices must be 1-D, got shape \(1, 1\)$"),
+        (np.array([0]), np.array([[0.0]], np.float32), r"^values must be 1-D, got shape \(1, 1\)$"),
+        (np.array([0.0]), np.array([0.0], np.float32), "^indices must be integers, got dtype float64$"),
+        (np.array([1, 1]), np.array([0.0, 0.0], np.float32), "^duplicate indices$"),
+        (np.array([1]), np.array([np.inf], np.float32), "^values contain NaN or Inf$"),
+        (np.array([1]), np.array([0.5], np.float32), "^value of magnitude 0.5 outside"),
+    ],
+)
+def test_a_bad_upload_is_refused_with_its_reason(indices, values, message):
+    with pytest.raises(PayloadError, match=message):
+        validate_upload(indices, values, 10, gamma=0.1)
+
+
+def test_unsigned_indices_are_integers_too_and_gamma_is_inclusive():
+    at_bound = np.float32(0.1 * (1 + GAMMA_TOLERANCE))
+    idx, vals = validate_upload(np.array([3], np.uint32), np.array([at_bound], np.float32), 10, gamma=0.1)
+    assert idx.tolist() == [3] and vals.tolist() == [at_bound]
+
+
+@pytest.mark.parametrize(
+    "field, value, allowed",
+    [
+        ("theta_u", 0.0, r"a number in \(0, 1\]"),
+        ("counter_decay", 1.5, r"a number in \(0, 1\]"),
+        ("gamma", 0.0, "a finite number > 0"),
+        ("tau", -1e-9, "a finite number >= 0"),
+        ("tau", float("inf"), "a finite number >= 0"),
+        ("dp", 1, "True or False"),
+        ("insecure_seeded_noise", "yes", "True or False"),
+    ],
+)
+def test_a_bad_dssgd_setting_names_the_key_and_what_is_allowed(field, value, allowed):
+    with pytest.raises(ValueError, match=rf"^DSSGDConfig\.{field}=.* is invalid: must be {allowed}$"):
+        DSSGDConfig(**{field: value})
+
+
+def test_boundaries_sit_where_the_paper_puts_them():
+    assert DSSGDConfig(tau=0.0).tau == 0.0  # "above a threshold" of 0: any change
+    assert num_upload(1.0, 1) == 1  # one parameter, all of it
+    assert num_upload(0.1, 30) == 3  # 0.1 * 30 is 3.0000000000000004 in floating point: not 4
+    assert num_upload(0.1, 31) == 4  # ceil otherwise
+
+
+def test_the_most_updated_download_breaks_ties_by_index():
+    stats = torch.tensor([1.0, 2.0, 2.0, 0.0, 2.0, 1.0])
+    assert download_indices(stats, 0.5).tolist() == [1, 2, 4]
+    ties = torch.zeros(10_000)
+    assert download_indices(ties, 0.001).tolist() == list(range(10))
+
+
+def test_random_selection_follows_the_generator_it_is_given():
+    delta = torch.linspace(-1, 1, 1000)
+    first = select_random_above_threshold(delta, 10, 0.5, torch.Generator().manual_seed(1))
+    again = select_random_above_threshold(delta, 10, 0.5, torch.Generator().manual_seed(1))
+    other = select_random_above_threshold(delta, 10, 0.5, torch.Generator().manual_seed(2))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert (delta[first].abs() > 0.5).all()
+    config = DSSGDConfig(selection="random_threshold", tau=0.5, theta_u=0.01)
+    uploads = [participant_upload(delta, config, torch.Generator().manual_seed(s)) for s in (1, 1, 2)]
+    assert torch.equal(uploads[0].indices, uploads[1].indices)
+    assert not torch.equal(uploads[0].indices, uploads[2].indices)
+
+
+def test_private_uploads_draw_secret_noise_unless_seeded_noise_is_asked_for():
+    delta = torch.linspace(-1e-3, 1e-3, 2000)
+    secure = DSSGDConfig(dp=True, theta_u=0.01, epsilon=1e4)
+    a, b = (participant_upload(delta, secure, torch.Generator().manual_seed(5)) for _ in range(2))
+    assert not (torch.equal(a.indices, b.indices) and torch.equal(a.values, b.values))
+    seeded = DSSGDConfig(dp=True, theta_u=0.01, epsilon=1e4, insecure_seeded_noise=True)
+    c, d = (participant_upload(delta, seeded, torch.Generator().manual_seed(5)) for _ in range(2))
+    assert torch.equal(c.indices, d.indices) and torch.equal(c.values, d.values)
+
+
+def test_overwrite_local_keeps_the_local_dtype():
+    local = torch.zeros(4, dtype=torch.float64)
+    updated = overwrite_local(local, torch.tensor([1, 3]), torch.tensor([0.5, -0.25], dtype=torch.float32))
+    assert updated.dtype == torch.float64 and updated.tolist() == [0.0, 0.5, 0.0, -0.25]
+    assert local.tolist() == [0.0] * 4  # a new tensor: the caller's copy untouched
