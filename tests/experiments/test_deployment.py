@@ -1,0 +1,125 @@
+"""A real deployment on loopback: a SuperLink and SuperNodes as separate processes (free ports, a
+temporary Flower home), ``flwr run`` against it, every process stopped by its Flower home even when the
+test fails. Plain, then with TLS and SuperNode authentication (certificates and node keys made here; a
+node whose key is not registered is refused). The commands are the ones docs/deployment.md gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments.flower_run import free_port, stop_processes
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+RUN = "num-clients=3 num-rounds=1 model='mlp' fraction-fit=1.0 min-fit-clients=3"
+
+
+class Deployment:
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="fp-deploy-", dir="/tmp"))
+        self.home = self.root / "flwr-home"
+        self.home.mkdir()
+        self.env = dict(os.environ, FLWR_HOME=str(self.home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+                        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def sh(self, *command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(command, cwd=self.root, env=self.env, capture_output=True, text=True, check=True)
+
+    def spawn(self, name: str, *command: str) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 (the process writes it while it runs)
+        self.processes[name] = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=log, stderr=log)
+        return self.processes[name]
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text()
+
+    def superlink(self, *security: str) -> None:
+        self.spawn("superlink", str(BIN / "flower-superlink"), *security, "--host", "127.0.0.1", "--port",
+                   str(self.port), "--database", str(self.root / "state.db"))
+        deadline = time.monotonic() + 60
+        while "Uvicorn running" not in self.log("superlink") and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+    def connection(self, *lines: str) -> None:
+        body = "\n".join([f'address = "{self.address}"', *lines])
+        (self.home / "config.toml").write_text(f'[superlink]\ndefault = "here"\n\n[superlink.here]\n{body}\n')
+
+    def supernode(self, name: str, partition: int, *security: str) -> subprocess.Popen:
+        return self.spawn(name, str(BIN / "flower-supernode"), *security, "--superlink", self.address,
+                          "--node-config", f"partition-id={partition} num-partitions=3", "--port", str(free_port()))
+
+    def run(self, output: Path) -> list[dict]:
+        result = subprocess.run(
+            [str(BIN / "flwr"), "run", str(ROOT), "here", "--stream", "--run-config", f"{RUN} output-dir='{output}'"],
+            cwd=self.root, env=self.env, capture_output=True, text=True, timeout=900,
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        return json.loads((output / "rounds.json").read_text())
+
+    def close(self) -> None:
+        stop_processes(self.home)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def deployment():
+    d = Deployment()
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def test_fedavg_over_a_superlink_and_three_supernodes(deployment, tmp_path):
+    deployment.superlink("--insecure")
+    deployment.connection("insecure = true")
+    for i in range(3):
+        deployment.supernode(f"node{i}", i, "--insecure")
+    rows = deployment.run(tmp_path / "out")
+    assert [r["round"] for r in rows] == [0, 1]
+    assert rows[1]["accepted"] == 3 and rows[1]["failures"] == 0
+    assert rows[1]["test_accuracy"] > rows[0]["test_accuracy"] + 0.3
+
+
+def test_tls_and_supernode_authentication_refuse_an_unregistered_node(deployment, tmp_path):
+    d = deployment
+    d.sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+         "-days", "1", "-subj", "/CN=flwr-privacy test CA")
+    d.sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+         "-subj", "/CN=127.0.0.1")
+    (d.root / "san.ext").write_text("subjectAltName = IP:127.0.0.1\n")
+    d.sh("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+         "-out", "server.pem", "-days", "1", "-extfile", "san.ext")
+    for i in range(4):
+        d.sh("ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", f"node{i}")
+    d.superlink("--ssl-ca-certfile", "ca.crt", "--ssl-certfile", "server.pem", "--ssl-keyfile", "server.key",
+                "--enable-supernode-auth")
+    d.connection(f'root-certificates = "{d.root / "ca.crt"}"')
+    for i in range(3):  # node3's key is never registered
+        registered = d.sh(str(BIN / "flwr"), "supernode", "register", f"node{i}.pub", "here")
+        assert "registered successfully" in registered.stdout
+    tls = ("--root-certificates", "ca.crt")
+    for i in range(4):
+        d.supernode(f"node{i}", i % 3, *tls, "--auth-supernode-private-key", f"node{i}")
+    rows = d.run(tmp_path / "out")
+    assert rows[1]["accepted"] == 3 and rows[1]["failures"] == 0
+    assert rows[1]["test_accuracy"] > rows[0]["test_accuracy"] + 0.3
+    intruder = d.processes["node3"]
+    intruder.wait(timeout=120)
+    assert intruder.returncode != 0
+    assert "Failed to activate SuperNode" in d.log("node3")
+    listed = d.sh(str(BIN / "flwr"), "supernode", "ls", "here", "--format", "json").stdout
+    assert len(json.loads(listed[listed.index("{"):])["nodes"]) == 3
