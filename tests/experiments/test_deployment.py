@@ -123,3 +123,30 @@ def test_tls_and_supernode_authentication_refuse_an_unregistered_node(deployment
     assert "Failed to activate SuperNode" in d.log("node3")
     listed = d.sh(str(BIN / "flwr"), "supernode", "ls", "here", "--format", "json").stdout
     assert len(json.loads(listed[listed.index("{"):])["nodes"]) == 3
+
+
+def test_a_supernode_killed_mid_run_is_a_recorded_failure_and_the_run_completes(deployment, tmp_path):
+    d = deployment
+    d.superlink("--insecure")
+    d.connection("insecure = true")
+    for i in range(3):
+        d.supernode(f"node{i}", i, "--insecure")
+    output = tmp_path / "out"
+    run = subprocess.Popen(
+        [str(BIN / "flwr"), "run", str(ROOT), "here", "--stream", "--run-config",
+         f"num-clients=3 num-rounds=3 model='mlp' fraction-fit=1.0 min-fit-clients=2 output-dir='{output}'"],
+        cwd=d.root, env=d.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 600
+    while not (output / "rounds.csv").is_file() or len((output / "rounds.csv").read_text().splitlines()) < 3:
+        assert time.monotonic() < deadline and run.poll() is None
+        time.sleep(0.5)
+    d.processes["node2"].kill()  # round 1 is done: node 2 disappears without a word
+    out, _ = run.communicate(timeout=900)
+    assert run.returncode == 0, out[-3000:]
+    rows = json.loads((output / "rounds.json").read_text())
+    assert [r["round"] for r in rows] == [0, 1, 2, 3], out[-3000:]
+    assert rows[1]["accepted"] == 3
+    assert sum(r["failures"] for r in rows[2:]) >= 1  # the lost node's reply, recorded as a failure
+    assert all(r["accepted"] >= 2 for r in rows[2:])
+    assert rows[-1]["test_accuracy"] > rows[1]["test_accuracy"]
