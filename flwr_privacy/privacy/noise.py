@@ -21,12 +21,11 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from functools import cache
+from typing import Any
 
 import numpy as np
-import opendp.prelude as dp
 import torch
-
-dp.enable_features("contrib")
 
 Shape = int | Sequence[int] | torch.Size
 
@@ -84,8 +83,19 @@ def gaussian_noise(
     return std * torch.randn(shape, generator=generator, dtype=dtype)
 
 
+@cache
+def _opendp() -> Any:
+    """OpenDP, imported on first use: it takes seconds, and every client process would pay them (a
+    deployment starts one per message) though only released DP values need it."""
+    import opendp.prelude as dp
+
+    dp.enable_features("contrib")
+    return dp
+
+
 def _opendp_release(x: torch.Tensor, mechanism: str, scale: float) -> torch.Tensor:
     """x plus OpenDP's exact Laplace (L1) or Gaussian (L2) noise of this scale, per entry, as x's dtype."""
+    dp = _opendp()
     domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
     if mechanism == "laplace":
         measurement = dp.m.make_laplace(domain, dp.l1_distance(T=float), scale=scale)
