@@ -61,38 +61,76 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time) of a process from ``/proc/<pid>/stat``; None once it is gone."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1]), int(fields[19])
+
+
 def run_processes(flwr_home: Path) -> list[int]:
-    """Every process started for this FLWR_HOME (``flwr run``, the SuperLink, its SuperExec, the
-    simulation and Ray's workers all inherit it in their environment), this one excepted."""
+    """Every process started for this FLWR_HOME, this one excepted: those that carry it in their environment
+    (``flwr run``, the SuperLink, its SuperExec, the simulation, Ray's workers inherit it) and all their
+    descendants (Ray's agents rewrite their environment, and the marker with it)."""
     marker = f"FLWR_HOME={flwr_home}".encode() + b"\0"
-    pids = []
+    marked, children = [], {}
     for proc in Path("/proc").glob("[0-9]*"):
+        pid = int(proc.name)
+        stat = _stat(pid)
+        if stat is None or stat[0] == "Z" or pid == os.getpid():
+            continue
+        children.setdefault(stat[1], []).append(pid)
         try:
-            environ = (proc / "environ").read_bytes() + b"\0"
+            if marker in (proc / "environ").read_bytes() + b"\0":
+                marked.append(pid)
         except OSError:
             continue
-        if marker in environ and int(proc.name) != os.getpid():
-            pids.append(int(proc.name))
-    return pids
+    found, stack = set(marked), list(marked)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found and child != os.getpid():
+                found.add(child)
+                stack.append(child)
+    return sorted(found)
 
 
 def stop_processes(flwr_home: Path, timeout: float = 10.0, kill_timeout: float = 30.0) -> None:
     """Stop every process of this FLWR_HOME: SIGTERM, then SIGKILL for any still alive after ``timeout``
     (given up after ``kill_timeout`` more seconds only for a process the kernel cannot kill).
 
-    Each phase looks at ``/proc`` again and again, signalling what it finds, until a look finds none
-    left: a dying SuperLink or Ray can start processes while it is being stopped, and a child can only
-    be started by a live parent, which the look before would have found. SIGINT and SIGTERM wait until
-    this is done, so a second Ctrl-C cannot cut the clean-up short.
+    Each phase looks at ``/proc`` again and again, signalling what it finds and every process found
+    before that still lives (the same process: its start time is checked, not just its pid), until a look
+    finds none left: a dying SuperLink or Ray can start processes while it is being stopped (a child can
+    only be started by a live parent, which the look before would have found), and a Ray agent orphaned
+    by its raylet is no longer anyone's descendant. SIGINT and SIGTERM wait until this is done, so a
+    second Ctrl-C cannot cut the clean-up short.
     """
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    known: dict[int, int] = {}  # pid -> start time, of every process of the run seen so far
+
+    def alive() -> list[int]:
+        for pid in run_processes(flwr_home):
+            stat = _stat(pid)
+            if stat is not None:
+                known.setdefault(pid, stat[2])
+        living = []
+        for pid, started in list(known.items()):
+            stat = _stat(pid)
+            if stat is None or stat[0] == "Z" or stat[2] != started:
+                del known[pid]
+            else:
+                living.append(pid)
+        return living
+
     try:
         for sig, phase in ((signal.SIGTERM, timeout), (signal.SIGKILL, kill_timeout)):
             signalled: set[int] = set()
             deadline = time.monotonic() + phase
-            while (pids := run_processes(flwr_home)) and time.monotonic() < deadline:
+            while (pids := alive()) and time.monotonic() < deadline:
                 for pid in pids:
                     if sig == signal.SIGKILL or pid not in signalled:  # SIGTERM once each: let them shut down
                         with contextlib.suppress(ProcessLookupError):

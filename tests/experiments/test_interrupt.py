@@ -37,6 +37,21 @@ def processes_with(scratch: Path) -> list[int]:
     return found
 
 
+def describe(pids: list[int]) -> list[str]:
+    """What each process is: its command line, its parent, and whether it carries the run's FLWR_HOME."""
+    out = []
+    for pid in pids:
+        try:
+            raw = (Path(f"/proc/{pid}") / "cmdline").read_bytes()
+            cmdline = raw.replace(b"\0", b" ")[:160].decode(errors="replace")
+            stat = (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()
+            home = b"FLWR_HOME=" in (Path(f"/proc/{pid}") / "environ").read_bytes()
+            out.append(f"{pid} state={stat[0]} ppid={stat[1]} flwr_home={home}: {cmdline}")
+        except OSError as err:
+            out.append(f"{pid}: {err}")
+    return out
+
+
 def start(tmp_path: Path, name: str, *overrides: str) -> tuple[subprocess.Popen, Path, str]:
     # A short TMPDIR: Ray puts its sockets under it, and a Unix socket's path is limited to 107 bytes.
     scratch = Path(tempfile.mkdtemp(prefix=f"fp-{name}-", dir="/tmp"))
@@ -78,7 +93,7 @@ def test_an_interrupted_run_stops_every_process_it_started_and_writes_no_more_ro
         written = rows_written(out)
         time.sleep(5)
         assert rows_written(out) == written  # nothing trains on after the interruption
-        assert processes_with(scratch) == []
+        assert processes_with(scratch) == [], describe(processes_with(scratch))
         assert not list(scratch.glob("flwr-home-*"))  # the private Flower home is removed
     finally:
         kill_all(scratch)
