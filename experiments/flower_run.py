@@ -87,7 +87,9 @@ def run_processes(flwr_home: Path) -> list[int]:
                 marked.append(pid)
         except OSError:
             continue
-    found, stack = set(marked), list(marked)
+    # and our own descendants: with ``adopt_orphans`` a process whose parent died while it was being
+    # started (a Ray agent whose raylet was killed) is re-parented to us, not to init
+    found, stack = set(marked), [*marked, os.getpid()]
     while stack:
         for child in children.get(stack.pop(), []):
             if child not in found and child != os.getpid():
@@ -142,6 +144,15 @@ def stop_processes(flwr_home: Path, timeout: float = 10.0, kill_timeout: float =
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
+def adopt_orphans() -> None:
+    """Make this process a child subreaper (Linux ``prctl(PR_SET_CHILD_SUBREAPER)``): orphans among the
+    processes it starts are re-parented to it, so ``run_processes`` still finds them as descendants."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+
+
 @contextlib.contextmanager
 def sigterm_as_exit() -> Iterator[None]:
     """SIGTERM raises SystemExit(143) in the main thread, so clean-up in ``finally`` blocks runs."""
@@ -177,6 +188,8 @@ def run_app(
     it is stopped, the simulation and Ray's workers included, and the FLWR_HOME removed.
     """
     flwr = str(flwr or Path(sys.executable).parent / "flwr")
+    if sys.platform.startswith("linux"):
+        adopt_orphans()
     with tempfile.TemporaryDirectory(prefix="flwr-home-") as home, sigterm_as_exit():
         env = dict(os.environ, FLWR_HOME=home, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
         env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
