@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from flwr_privacy.config import section, to_section
 from flwr_privacy.data import TensorData
 
 # The name a round's spend is reported under (the ledger's mechanism).
@@ -271,7 +272,7 @@ class DPSGDPlan:
 
     def settings(self) -> dict[str, Any]:
         """The plan as instruction config keys (``from_settings`` reads them back on the client)."""
-        values: dict[str, Any] = {f"dpsgd.{f.replace('_', '-')}": getattr(self.config, f) for f in FIELDS}
+        values = to_section("dpsgd", self.config)
         values.update({"dpsgd_batch_size": self.batch_size, "dpsgd_local_epochs": self.local_epochs})
         values["dpsgd_local_steps"] = 0 if self.local_steps is None else self.local_steps
         return values
@@ -281,7 +282,7 @@ class DPSGDPlan:
         """The plan an instruction carries (None: no DP-SGD), for a client with ``num_examples``."""
         if not config.get("dpsgd.enabled", False):
             return None
-        values = {f: config[f"dpsgd.{f.replace('_', '-')}"] for f in FIELDS if f"dpsgd.{f.replace('_', '-')}" in config}
+        values = section(config, "dpsgd", DPSGDConfig)
         steps = int(config.get("dpsgd_local_steps", 0))
         return cls(
             DPSGDConfig(**values),
@@ -290,9 +291,6 @@ class DPSGDPlan:
             int(config.get("dpsgd_local_epochs", 1)),
             steps or None,
         )
-
-
-FIELDS = tuple(DPSGDConfig.__dataclass_fields__)
 
 
 def noise_for_target(plan: DPSGDPlan, rounds: int) -> float:

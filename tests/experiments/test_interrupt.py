@@ -142,17 +142,21 @@ def test_stopping_a_run_leaves_no_process_even_one_that_ignores_sigterm_and_keep
         shutil.rmtree(home, ignore_errors=True)
 
 
-def test_a_run_killed_mid_run_resumes_to_the_results_of_one_never_stopped(tmp_path):
-    """The server (and everything else) killed with SIGKILL after a few rounds; ``resume=`` continues from
-    its last checkpoint and ends where the run that was never stopped ends (FedAvg: clients hold nothing)."""
-    runs = {}
-    proc, out, scratch = start(tmp_path, "whole", "num_rounds=8")
+def completed_rows(tmp_path: Path, name: str, *overrides: str) -> list[dict]:
+    """The rows of a run that must end with exit status 0."""
+    proc, out, scratch = start(tmp_path, name, *overrides)
     try:
         stdout, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 0, stdout[-2000:] + stderr[-2000:]
-        runs["whole"] = json.loads((out / "rounds.json").read_text())
+        return json.loads((out / "rounds.json").read_text())
     finally:
         kill_all(scratch)
+
+
+def test_a_run_killed_mid_run_resumes_to_the_results_of_one_never_stopped(tmp_path):
+    """The server (and everything else) killed with SIGKILL after a few rounds; ``resume=`` continues from
+    its last checkpoint and ends where the run that was never stopped ends (FedAvg: clients hold nothing)."""
+    whole = completed_rows(tmp_path, "whole", "num_rounds=8")
     proc, killed, scratch = start(tmp_path, "killed", "num_rounds=8")
     try:
         deadline = time.monotonic() + 300
@@ -162,12 +166,6 @@ def test_a_run_killed_mid_run_resumes_to_the_results_of_one_never_stopped(tmp_pa
     finally:
         kill_all(scratch)  # SIGKILL: no clean-up of any kind
     assert rows_written(killed) < 9
-    proc, out, scratch = start(tmp_path, "resumed", "num_rounds=8", f"resume={killed}")
-    try:
-        stdout, stderr = proc.communicate(timeout=600)
-        assert proc.returncode == 0, stdout[-2000:] + stderr[-2000:]
-        runs["resumed"] = json.loads((out / "rounds.json").read_text())
-    finally:
-        kill_all(scratch)
+    resumed = completed_rows(tmp_path, "resumed", "num_rounds=8", f"resume={killed}")
     keys = ("round", "test_accuracy", "test_loss", "bytes_up", "cum_bytes_down")
-    assert [[r[k] for k in keys] for r in runs["resumed"]] == [[r[k] for k in keys] for r in runs["whole"]]
+    assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in whole]
