@@ -124,6 +124,7 @@ def make_strategy(cfg: RunConfig, run_config: dict[str, Any], on_round: RoundCal
         seed=cfg.seed,
         aggregation=cfg.aggregation,
         trim_fraction=cfg.trim_fraction,
+        num_malicious_clients=cfg.num_malicious_clients,
         dpsgd=dpsgd_plan(cfg, run_config),
         on_round=on_round,
     )

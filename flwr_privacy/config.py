@@ -19,7 +19,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DOWNLINKS = ("dense", "sparse")
 WIRE_DTYPES = ("float32", "float16")
 # How a round combines its accepted updates (``flwr_privacy.strategies.robust``).
-AGGREGATIONS = ("mean", "median", "trimmed_mean", "norm_bound")
+AGGREGATIONS = ("mean", "median", "trimmed_mean", "norm_bound", "krum")
 
 
 FIELD_TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "bool": bool}
@@ -60,6 +60,7 @@ class RunConfig:
     wire_dtype: str = "float32"
     aggregation: str = "mean"
     trim_fraction: float = 0.2
+    num_malicious_clients: int = 1
     seed: int = 0
     device: str = "auto"
     output_dir: str = "outputs/latest"
@@ -81,6 +82,8 @@ class RunConfig:
         self._choice("aggregation", AGGREGATIONS)
         if not 0 <= self.trim_fraction < 0.5:
             raise ValueError(f"trim-fraction={self.trim_fraction} must be in [0, 0.5)")
+        if self.num_malicious_clients < 0:
+            raise ValueError(f"num-malicious-clients={self.num_malicious_clients} must be >= 0")
         if not 0 < self.fraction_fit <= 1:
             raise ValueError(f"fraction-fit={self.fraction_fit} must be in (0, 1]")
         for name in (
@@ -99,6 +102,12 @@ class RunConfig:
             raise ValueError(
                 f"min-fit-clients={self.min_fit_clients} samples more clients than exist "
                 f"(num-clients={self.num_clients}); allowed: 1 <= min-fit-clients <= num-clients"
+            )
+        needed = 2 * self.num_malicious_clients + 3  # Krum's condition n > 2f + 2 (Blanchard et al. 2017)
+        if self.aggregation == "krum" and self.clients_per_round < needed:
+            raise ValueError(
+                f"aggregation=krum with num-malicious-clients={self.num_malicious_clients} needs at least {needed} "
+                f"clients per round (n > 2f + 2); this config samples {self.clients_per_round}"
             )
         _ = self.sgd  # validates lr, momentum, weight decay and batch size
 

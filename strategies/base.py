@@ -30,10 +30,13 @@ import torch
 from flwr.common import log
 from flwr_privacy.strategies.privacy import PrivacyLedger
 from flwr_privacy.strategies.robust import (
+    NUM_MALICIOUS_CLIENTS,
     TRIM_FRACTION,
     check_aggregation,
     coordinate_wise,
+    krum_keep,
     sparse_locations,
+    sparse_table,
 )
 
 from flwr_privacy.algorithms.fedavg import weighted_average
@@ -92,9 +95,10 @@ def check_reply_bounds(
     max_examples_ratio: float,
     aggregation: str = "mean",
     trim_fraction: float = TRIM_FRACTION,
+    num_malicious_clients: int = NUM_MALICIOUS_CLIENTS,
 ) -> None:
     """The options both adapters take that bound what a round accepts and how it is aggregated."""
-    check_aggregation(aggregation, trim_fraction)
+    check_aggregation(aggregation, trim_fraction, num_malicious_clients)
     if max_failed_rounds < 1:
         raise ValueError(f"max_failed_rounds={max_failed_rounds} must be >= 1")
     if not max_update_ratio > 0:
@@ -368,6 +372,7 @@ class AlgorithmRounds(ABC):
     max_examples_ratio: float = MAX_EXAMPLES_RATIO  # likewise
     aggregation: str = "mean"  # likewise: ``flwr_privacy.strategies.robust``
     trim_fraction: float = TRIM_FRACTION  # likewise
+    num_malicious_clients: int = NUM_MALICIOUS_CLIENTS  # likewise (Krum's f)
 
     def __init__(self, initial_arrays: Sequence[np.ndarray]) -> None:
         self.initial_arrays = float_arrays(initial_arrays)
@@ -440,6 +445,25 @@ class AlgorithmRounds(ABC):
             return coordinate_wise(arrays, self.aggregation, self.trim_fraction)
         return weighted_average(arrays, num_examples)
 
+    def update_vectors(self, accepted: Sequence[Accepted]) -> np.ndarray:
+        """The accepted updates as rows of one matrix, for rules that compare whole updates (Krum). Sparse
+        payloads (indices, values, ...) over the union of their entries, zero where a client sent nothing
+        (distances are those of the dense vectors); FedAvg overrides it with the clients' changes."""
+        table, _ = sparse_table([(a.payload[0].numpy(), a.payload[1].numpy()) for a in accepted], 0.0)
+        return table
+
+    def krum(self, accepted: list[Accepted], server_round: int) -> list[Accepted]:
+        """Under ``aggregation="krum"``, the n - f replies multi-Krum keeps (``robust.krum_keep``); the ones
+        left out are logged, not failures (they were well-formed), and count in the record's ``left_out``."""
+        if self.aggregation != "krum" or len(accepted) < 2:
+            return accepted
+        kept = krum_keep(self.update_vectors(accepted), self.num_malicious_clients)
+        left_out = [a.client for i, a in enumerate(accepted) if i not in kept]
+        if left_out:
+            log(INFO, "round %s: Krum left out the updates of %s", server_round, ", ".join(left_out))
+        self.recorder.add(left_out=len(left_out))
+        return [accepted[i] for i in kept]
+
     def robust_sparse(self, updates: list[SparseUpdate]) -> list[SparseUpdate]:
         """Sparse updates (indices, values) with each value replaced by the strategy's robust ``aggregation``
         (``flwr_privacy.strategies.robust.sparse_locations``); unchanged for ``"mean"``."""
@@ -468,7 +492,7 @@ def aggregate_round(rounds: AlgorithmRounds, replies: Sequence[Reply], server_ro
     back too if the server's evaluation of the new model is not finite. Either is logged with the
     clients whose updates made the round.
     """
-    accepted = validate_replies(replies, rounds, server_round)
+    accepted = rounds.krum(validate_replies(replies, rounds, server_round), server_round)
     before = rounds.snapshot() if accepted else None
     applied = rounds.aggregate(server_round, accepted) if accepted else []
     if before is not None and applied and not is_finite(rounds.global_arrays()):

@@ -42,21 +42,20 @@ class FedAvgRounds(AlgorithmRounds):
     def decode(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """The client's model (or change, with a float16 uplink), its move bounded (``check_update_norm``)."""
         decoded = self.codec.decode(arrays)
-        delta = self.settings()["uplink"] == "delta"
-        change = decoded if delta else [d.astype(np.float64) - w for d, w in zip(decoded, self.model)]
+        change = decoded if self.sends_change() else [d.astype(np.float64) - w for d, w in zip(decoded, self.model)]
         check_update_norm(arrays_norm(change), arrays_norm(self.model), self.max_update_ratio)
         return decoded
 
     def aggregate(self, server_round: int, accepted: list[Accepted]) -> list[Accepted]:
         """w <- sum_k (n_k / n) w_k, or the strategy's robust rule (``flwr_privacy.strategies.robust``) over
-        the clients' changes w_k - w: a coordinate-wise median or trimmed mean, or their norms bounded."""
+        the clients' changes w_k - w: a coordinate-wise median or trimmed mean, their norms bounded, or the
+        mean of those Krum kept."""
         examples = self.vote_weights(accepted)
-        delta = self.settings()["uplink"] == "delta"
         if self.aggregation == "mean":
             average = weighted_average([a.payload for a in accepted], examples)
-            self.model = [w + d for w, d in zip(self.model, average)] if delta else average
+            self.model = [w + d for w, d in zip(self.model, average)] if self.sends_change() else average
             return accepted
-        changes = [a.payload if delta else [p - w for p, w in zip(a.payload, self.model)] for a in accepted]
+        changes = self.changes(accepted)
         if self.aggregation == "norm_bound":
             scales = median_norm_scales([arrays_norm(change) for change in changes])
             changes = [[c * scale for c in change] for change, scale in zip(changes, scales)]
@@ -66,6 +65,18 @@ class FedAvgRounds(AlgorithmRounds):
 
     def global_arrays(self) -> list[np.ndarray]:
         return self.model
+
+    def sends_change(self) -> bool:
+        """Whether clients send w_k - w (a float16 uplink) rather than w_k."""
+        return self.settings()["uplink"] == "delta"
+
+    def changes(self, accepted: Sequence[Accepted]) -> list[list[np.ndarray]]:
+        """Each accepted client's change w_k - w."""
+        return [a.payload if self.sends_change() else [p - w for p, w in zip(a.payload, self.model)] for a in accepted]
+
+    def update_vectors(self, accepted: Sequence[Accepted]) -> np.ndarray:
+        """The clients' changes w_k - w, each flattened into one row (Krum compares whole updates)."""
+        return np.stack([np.concatenate([c.ravel() for c in change]) for change in self.changes(accepted)])
 
 
 class FedAvg(LegacyStrategy):

@@ -44,7 +44,7 @@ from flwr_privacy.strategies.base import (
     sample_ids,
     short_reason,
 )
-from flwr_privacy.strategies.robust import TRIM_FRACTION
+from flwr_privacy.strategies.robust import NUM_MALICIOUS_CLIENTS, TRIM_FRACTION
 
 from flwr_privacy.privacy.dpsgd import DPSGDPlan
 
@@ -103,18 +103,23 @@ class LegacyStrategy(Strategy):
         max_examples_ratio: float = MAX_EXAMPLES_RATIO,
         aggregation: str = "mean",
         trim_fraction: float = TRIM_FRACTION,
+        num_malicious_clients: int = NUM_MALICIOUS_CLIENTS,
         dpsgd: DPSGDPlan | None = None,
         on_round: RoundCallback | None = None,
     ) -> None:
         super().__init__()
         check_train_sampling(fraction_fit, min_fit_clients, "fraction_fit", "min_fit_clients")
         check_sampling(fraction_evaluate, min_evaluate_clients, "evaluate")
-        check_reply_bounds(max_failed_rounds, max_update_ratio, max_examples_ratio, aggregation, trim_fraction)
+        check_reply_bounds(
+            max_failed_rounds, max_update_ratio, max_examples_ratio, aggregation, trim_fraction, num_malicious_clients
+        )
         self.max_update_ratio, self.max_examples_ratio = max_update_ratio, max_examples_ratio
         self.aggregation, self.trim_fraction = aggregation, trim_fraction
+        self.num_malicious_clients = num_malicious_clients
         self.rounds = rounds
         rounds.max_update_ratio, rounds.max_examples_ratio = max_update_ratio, max_examples_ratio
         rounds.aggregation, rounds.trim_fraction = aggregation, trim_fraction
+        rounds.num_malicious_clients = num_malicious_clients
         rounds.ledger.plan = dpsgd
         self.evaluate_fn = evaluate_fn
         self.fraction_fit = fraction_fit

@@ -48,7 +48,7 @@ from flwr_privacy.strategies.base import (
 from flwr_privacy.strategies.dgc import DGCRounds, check_server_arguments
 from flwr_privacy.strategies.dssgd import DSSGDRounds
 from flwr_privacy.strategies.fedavg import FedAvgRounds
-from flwr_privacy.strategies.robust import TRIM_FRACTION
+from flwr_privacy.strategies.robust import NUM_MALICIOUS_CLIENTS, TRIM_FRACTION
 
 from flwr_privacy.algorithms.dgc import DGCConfig
 from flwr_privacy.algorithms.dssgd import DSSGDConfig
@@ -99,14 +99,18 @@ class MessageStrategy(Strategy):
         max_examples_ratio: float = MAX_EXAMPLES_RATIO,
         aggregation: str = "mean",
         trim_fraction: float = TRIM_FRACTION,
+        num_malicious_clients: int = NUM_MALICIOUS_CLIENTS,
         dpsgd: DPSGDPlan | None = None,
         on_round: RoundCallback | None = None,
     ) -> None:
         check_train_sampling(fraction_train, min_train_nodes, "fraction_train", "min_train_nodes")
         check_sampling(fraction_evaluate, min_evaluate_nodes, "evaluate")
-        check_reply_bounds(max_failed_rounds, max_update_ratio, max_examples_ratio, aggregation, trim_fraction)
+        check_reply_bounds(
+            max_failed_rounds, max_update_ratio, max_examples_ratio, aggregation, trim_fraction, num_malicious_clients
+        )
         self.max_update_ratio, self.max_examples_ratio = max_update_ratio, max_examples_ratio
         self.aggregation, self.trim_fraction = aggregation, trim_fraction
+        self.num_malicious_clients = num_malicious_clients
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.min_train_nodes = min_train_nodes
@@ -144,6 +148,7 @@ class MessageStrategy(Strategy):
         self.rounds.recorder = self.recorder
         self.rounds.max_update_ratio, self.rounds.max_examples_ratio = self.max_update_ratio, self.max_examples_ratio
         self.rounds.aggregation, self.rounds.trim_fraction = self.aggregation, self.trim_fraction
+        self.rounds.num_malicious_clients = self.num_malicious_clients
         self.rounds.ledger.plan = self.dpsgd
 
     @property

@@ -8,6 +8,11 @@ Every strategy takes ``aggregation`` (and ``trim_fraction``, the beta of the tri
   largest and smallest of the m values of each coordinate dropped, through Flower's ``aggregate_trimmed_avg``.
 - ``"norm_bound"``: every update's L2 norm clipped to the round's median update norm (Sun et al. 2019,
   "Can you really backdoor federated learning?"), then the algorithm's own average.
+- ``"krum"``: multi-Krum (Blanchard et al. 2017, "Machine learning with adversaries: Byzantine tolerant
+  gradient descent"): each update scored by the sum of its squared distances to its n - f - 2 nearest
+  others, the n - f best kept (``num_malicious_clients`` is f), then the algorithm's own average over them.
+  Flower's ``aggregate_krum`` rule, returning which clients it keeps so that every algorithm can average
+  its own way.
 
 Every robust rule ignores example counts (as Flower's ``FedMedian`` and ``FedTrimmedAvg`` do): one
 client, one vote, so a client cannot buy weight by claiming data.
@@ -18,7 +23,9 @@ the median (or trimmed mean) of the senders' values, and the algorithm's own ave
 entry every client sent gets Yin et al.'s estimate and an entry fewer clients sent keeps the weight of its
 senders. An entry that one client alone sent has nothing to be compared with, so the sparse rules bound
 every update to the round's median norm first (``norm_bound``'s step): a lone attacker's entries are
-then no larger than an honest update.
+then no larger than an honest update. Krum compares whole updates instead, a sparse one as the dense
+vector it stands for (zero where it sent nothing), so it needs no entry to be shared: an update that
+points away from the others, or is far larger, is left out whatever its support.
 """
 
 from __future__ import annotations
@@ -33,13 +40,46 @@ from flwr.server.strategy.aggregate import aggregate_median, aggregate_trimmed_a
 from flwr_privacy.config import AGGREGATIONS
 
 TRIM_FRACTION = 0.2  # Flower's FedTrimmedAvg default beta
+NUM_MALICIOUS_CLIENTS = 1  # Krum's f: the hostile clients a round is assumed to hold at most
 
 
-def check_aggregation(aggregation: str, trim_fraction: float) -> None:
+def check_aggregation(
+    aggregation: str, trim_fraction: float, num_malicious_clients: int = NUM_MALICIOUS_CLIENTS
+) -> None:
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation={aggregation!r} is unknown; allowed: {list(AGGREGATIONS)}")
     if isinstance(trim_fraction, bool) or not isinstance(trim_fraction, (int, float)) or not 0 <= trim_fraction < 0.5:
         raise ValueError(f"trim_fraction={trim_fraction!r} must be in [0, 0.5)")
+    f = num_malicious_clients
+    if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 0:
+        raise ValueError(f"num_malicious_clients={f!r} must be an integer >= 0")
+
+
+def krum_keep(vectors: np.ndarray, num_malicious: int) -> list[int]:
+    """Multi-Krum's choice among the rows of ``vectors`` (one update each): the n - f rows of smallest score,
+    a row's score being the sum of its squared distances to its n - f - 2 nearest other rows (at least one),
+    in ascending order of index. The rule and its tie-breaking are Flower's ``aggregate_krum``'s."""
+    n = len(vectors)
+    keep = max(1, n - num_malicious)
+    if keep >= n:
+        return list(range(n))
+    rows = np.asarray(vectors, dtype=np.float64)
+    distances = np.array([[float(np.sum(np.square(a - b))) for b in rows] for a in rows])
+    closest = max(1, n - num_malicious - 2)
+    scores = [float(np.sum(d[np.argsort(d)[1 : closest + 1]])) for d in distances]
+    return sorted(int(i) for i in np.argsort(scores)[::-1][n - keep :])
+
+
+def sparse_table(updates: Sequence[tuple[np.ndarray, np.ndarray]], fill: float) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Sparse updates laid out over the union of their entries: a (clients x entries) table, ``fill`` where a
+    client sent nothing, and per client the columns of its entries."""
+    entries, positions = np.unique(np.concatenate([idx for idx, _ in updates]), return_inverse=True)
+    starts = np.cumsum([0] + [len(idx) for idx, _ in updates])
+    columns = [positions[starts[k] : starts[k + 1]] for k in range(len(updates))]
+    table = np.full((len(updates), len(entries)), fill)
+    for k, (_, values) in enumerate(updates):
+        table[k, columns[k]] = values
+    return table, columns
 
 
 def coordinate_wise(
@@ -79,20 +119,16 @@ def sparse_locations(
     """Per client, its sent values replaced by the robust location of each entry over the clients that sent
     it (norms bounded to the round's median first; see the module's docstring). ``norm_bound`` stops after
     the bound; ``mean`` changes nothing."""
-    if aggregation == "mean":
+    if aggregation in ("mean", "krum"):  # Krum chooses whole updates (``krum_keep``) and leaves values alone
         return [values for _, values in updates]
     bounded = bound_norms([values for _, values in updates])
     if aggregation == "norm_bound":
         return bounded
-    entries, positions = np.unique(np.concatenate([idx for idx, _ in updates]), return_inverse=True)
-    starts = np.cumsum([0] + [len(idx) for idx, _ in updates])
-    table = np.full((len(updates), len(entries)), np.nan)
-    for k, values in enumerate(bounded):
-        table[k, positions[starts[k] : starts[k + 1]]] = values
+    table, client_columns = sparse_table([(idx, v) for (idx, _), v in zip(updates, bounded)], np.nan)
     senders = np.sum(~np.isnan(table), axis=0)
     table.sort(axis=0)  # NaN last: the first s rows of a column are its s senders' values
-    location = np.empty(len(entries))
+    location = np.empty(table.shape[1])
     for s in np.unique(senders):
         columns = senders == s
         location[columns] = coordinate_wise([[row] for row in table[:s, columns]], aggregation, trim_fraction)[0]
-    return [location[positions[starts[k] : starts[k + 1]]].astype(np.float32) for k in range(len(updates))]
+    return [location[c].astype(np.float32) for c in client_columns]

@@ -93,12 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated names of experiments.attacks")
     parser.add_argument("--attackers", type=int, default=1)
     parser.add_argument("--aggregation", default="mean")
+    parser.add_argument("--num-malicious", type=int, default=1, help="krum's f (num-malicious-clients)")
     parser.add_argument("--cost", action="store_true", help="also time each robust rule against plain averaging")
     args = parser.parse_args(argv)
     FLOWER_LOGGER.setLevel(logging.ERROR)
     strategies = args.strategies.split(",")
     names = [n.strip() for n in args.attacks.split(",") if n.strip()]
-    print(f"{args.attackers} attacker(s) of 10, aggregation={args.aggregation}")
+    robust = {"aggregation": args.aggregation, "num-malicious-clients": args.num_malicious}
+    print(f"{args.attackers} attacker(s) of 10, " + ", ".join(f"{k}={v}" for k, v in robust.items()))
     print("| strategy | attack | accuracy attacked | accuracy attack-free (mean) | difference | rejected per round |")
     print("|---|---|---|---|---|---|")
     for strategy in strategies:
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             if name in SPARSE_ONLY and strategy == "fedavg":
                 continue
             try:
-                history = run(strategy, name, args.attackers, aggregation=args.aggregation)
+                history = run(strategy, name, args.attackers, **robust)
             except FederationError as err:  # the model went so far off that every reply is now rejected
                 print(f"| {strategy} | {name} | run stopped: {err} | {clean:.4f} | - | - |")
                 continue
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         print("|---|---|---|---|---|---|")
         for strategy in strategies:
             base: tuple[float, float] | None = None
-            for rule in ("mean", "median", "trimmed_mean", "norm_bound"):
+            for rule in ("mean", "median", "trimmed_mean", "norm_bound", "krum"):
                 history = run(strategy, None, 0, aggregation=rule)
                 seconds, aggregating = seconds_per_round(history), seconds_per_round(history, "aggregate_s")
                 base = base or (seconds, aggregating)

@@ -13,6 +13,7 @@ from functools import cache
 import numpy as np
 import pytest
 from flwr.common import FitRes, ndarrays_to_parameters
+from flwr_privacy.strategies.base import FederationError
 
 from experiments.benchmarks.attacks import final_accuracy, run
 
@@ -29,6 +30,7 @@ ONE_ATTACKER = {
     ("dgc", "every value 1e30"): "mean",
     ("dgc", "values 3.4e38"): "mean",
     ("dgc", "1e12 examples (random model)"): "median",
+    ("dgc", "sign flipped x10"): "krum",
     ("dgc", "scaled x100"): "median",
     ("dgc", "every entry instead of k"): "mean",
     ("dssgd", "every value 1e30"): "mean",
@@ -52,21 +54,24 @@ def test_one_attacker_among_ten_leaves_the_accuracy_within_two_points(strategy, 
     assert final_accuracy(strategy, history) > attack_free(strategy) - 0.02, (attack_free(strategy), history[-1])
 
 
-def test_a_sign_flipping_dgc_client_is_held_off_by_the_median_but_costs_more_than_two_points():
-    """The gap the issue's bar leaves open (docs/robustness.md): a DGC client sending its top-k values
-    flipped and times 10 destroys plain averaging (0.10) and costs about 3.6 points under the sparse median;
-    at 93.75-99.9 % sparsity most entries are sent by one or two clients, so there is little to compare."""
-    assert final_accuracy("dgc", run("dgc", "sign flipped x10", 1)) < 0.3
-    assert final_accuracy("dgc", run("dgc", "sign flipped x10", 1, aggregation="median")) > attack_free("dgc") - 0.05
+def plain_mean_accuracy(strategy: str, attack: str, attackers: int) -> float:
+    """The attacked run's final accuracy under plain averaging; 0 if the run stopped (every reply over the
+    norm bound once the model had gone off)."""
+    try:
+        return final_accuracy(strategy, run(strategy, attack, attackers))
+    except FederationError:
+        return 0.0
 
 
 @pytest.mark.parametrize("attack", ["sign flipped x10", "scaled x100"])
-@pytest.mark.parametrize(("strategy", "aggregation"), [("fedavg", "trimmed_mean"), ("fedavg", "median")])
+@pytest.mark.parametrize(
+    ("strategy", "aggregation"), [("fedavg", "trimmed_mean"), ("fedavg", "median"), ("dgc", "krum")]
+)
 def test_two_attackers_among_ten_with_a_robust_rule_stay_within_three_points(strategy, aggregation, attack):
-    final = final_accuracy(strategy, run(strategy, attack, 2, aggregation=aggregation))
+    final = final_accuracy(strategy, run(strategy, attack, 2, aggregation=aggregation, **{"num-malicious-clients": 2}))
     assert final > attack_free(strategy) - 0.03, (attack_free(strategy), final)
     if attack == "sign flipped x10":  # which plain averaging does not survive
-        assert final_accuracy(strategy, run(strategy, attack, 2)) < final - 0.1
+        assert plain_mean_accuracy(strategy, attack, 2) < final - 0.1
 
 
 def test_a_claim_of_1e12_examples_is_weighed_as_ten_times_the_median_not_as_claimed(federation):

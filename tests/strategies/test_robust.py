@@ -112,14 +112,81 @@ def test_a_sparse_entry_one_client_alone_sent_is_no_longer_than_an_honest_update
 
 
 def test_a_bad_aggregation_option_is_refused_before_training(tmp_path):
-    with pytest.raises(ValueError, match="aggregation='krum' is unknown; allowed: \\['mean', 'median'"):
-        build(tmp_path, aggregation="krum")
+    with pytest.raises(ValueError, match="aggregation='bulyan' is unknown; allowed: \\['mean', 'median'"):
+        build(tmp_path, aggregation="bulyan")
+    with pytest.raises(ValueError, match="num-malicious-clients=-1 must be >= 0"):
+        build(tmp_path, aggregation="krum", **{"num-malicious-clients": -1})
+    with pytest.raises(ValueError, match="aggregation=krum with num-malicious-clients=2 needs at least 7 clients per"):
+        build(tmp_path, aggregation="krum", **{"num-malicious-clients": 2, "num-clients": 10, "fraction-fit": 0.6})
     with pytest.raises(ValueError, match="trim-fraction=0.5 must be in \\[0, 0.5\\)"):
         build(tmp_path, **{"trim-fraction": 0.5})
     from flwr_privacy.strategies import FedAvg
 
     with pytest.raises(ValueError, match="trim_fraction=-0.1 must be in"):
         FedAvg(initial_arrays=[np.zeros(3, np.float32)], aggregation="trimmed_mean", trim_fraction=-0.1)
+    with pytest.raises(ValueError, match="num_malicious_clients=1.5 must be an integer >= 0"):
+        FedAvg(initial_arrays=[np.zeros(3, np.float32)], aggregation="krum", num_malicious_clients=1.5)
+
+
+@pytest.mark.parametrize("num_malicious", [1, 2])
+def test_fedavg_krum_keeps_what_flowers_multi_krum_keeps(tmp_path, num_malicious):
+    """Multi-Krum over the clients' changes: the mean of the n - f updates Flower's ``aggregate_krum`` keeps."""
+    from flwr.server.strategy.aggregate import aggregate_krum
+
+    offsets = [0.01, 0.012, 0.02, 0.025, -0.03, 0.1, 0.05]
+    options = {"num-clients": 7, "aggregation": "krum", "num-malicious-clients": num_malicious}
+    change = fedavg_round(tmp_path, offsets, **options)
+    flower = aggregate_krum([([np.array([o])], 1) for o in offsets], num_malicious, len(offsets) - num_malicious)
+    assert change == pytest.approx(float(flower[0][0]), abs=1e-6)
+    if num_malicious == 1:  # the far one (0.1) left out: the mean of the other six
+        assert change == pytest.approx(0.0145, abs=1e-6)
+    assert fedavg_round(tmp_path, offsets, **{"num-clients": 7}) == pytest.approx(0.026714, abs=1e-5)  # plain mean
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_krums_choice_is_flowers_on_random_updates(seed):
+    """The rows ``krum_keep`` keeps average to what Flower's ``aggregate_krum`` returns, for every f."""
+    from flwr.server.strategy.aggregate import aggregate_krum
+    from flwr_privacy.strategies.robust import krum_keep
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 12))
+    rows = rng.standard_normal((n, 40)) * rng.uniform(0.1, 3, (n, 1))
+    for f in range(n):
+        kept = krum_keep(rows, f)
+        flower = aggregate_krum([([row], 1) for row in rows], f, max(1, n - f))[0]
+        assert len(kept) == max(1, n - f) and np.allclose(rows[kept].mean(axis=0), flower), (n, f, kept)
+
+
+@pytest.mark.parametrize("strategy", ["dgc", "dssgd"])
+@pytest.mark.parametrize(
+    "flipped",
+    [FLIPPED, ([3, 4, 5], [-1e-4] * 3), ([0, 1, 2, 3, 4, 5], [1e-4] * 3 + [-1e-4] * 3)],
+    ids=["same entries", "disjoint", "honest where shared"],
+)
+def test_sparse_krum_leaves_out_the_update_that_points_away_whatever_its_entries(tmp_path, caplog, strategy, flipped):
+    """Krum compares whole sparse updates as the dense vectors they stand for: a flipped update of an honest
+    norm is left out (logged, counted in ``left_out``, not a failure), sharing entries with the honest ones
+    or not, and the algorithm's own average runs over the three honest updates."""
+
+    def change(**overrides):
+        built, proxies = build(tmp_path, strategy, **{"num-clients": 5, **overrides})
+        before = built.global_arrays()[0].reshape(-1)[:6].copy()
+        with caplog.at_level(logging.INFO):
+            replies = sparse_replies(built, proxies, [flipped, HONEST, HONEST, HONEST, HONEST])
+            params, _ = built.aggregate_fit(1, replies, [])
+        built.evaluate(1, params)
+        return parameters_to_ndarrays(params)[0].reshape(-1)[:6] - before, built.history[-1]
+
+    (mean, _), (krum, record) = change(), change(aggregation="krum")
+    # DGC steps -lr * the mean update: 1e-4 over the four honest ones under Krum. DSSGD adds the uploads:
+    # 4e-4 under Krum, the flipped one taken off the plain run's.
+    honest = -0.1 * 1e-4 if strategy == "dgc" else 4e-4
+    assert np.allclose(krum[:3], honest, rtol=1e-3), (mean, krum)
+    assert np.allclose(krum[3:], 0)
+    assert not np.allclose(mean[:3], honest, rtol=0.1) or not np.allclose(mean[3:], 0)
+    assert record["left_out"] == 1 and record["accepted"] == 4 and record["failures"] == 0
+    assert "round 1: Krum left out the updates of 0" in caplog.text  # first: ties would not pick it
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
