@@ -71,3 +71,38 @@ def test_sampling_follows_the_seed(quickstart):
     assert first == again
     assert len(first[0]) == 4 and all(len(nodes) == 2 for nodes in first[0])
     assert other[0] != first[0]
+
+
+def test_message_api_krum_leaves_out_a_node_sending_its_change_flipped(quickstart, caplog):
+    """Robust aggregation is an option of the Message-API strategies too: with ``aggregation="krum"`` the
+    node that sends its change w_k - w flipped and times 10 is left out every round, and the model learns."""
+    from flwr.app import Array, Message, RecordDict
+    from flwr.clientapp import ClientApp
+
+    hostile = ClientApp()
+
+    @hostile.train()
+    def train(msg, context):
+        reply = quickstart.client.train(msg, context)
+        if context.node_config["partition-id"] == 0:
+            sent, arrays = msg.content["arrays"], reply.content["arrays"]
+            flipped = {k: sent[k].numpy() - 10 * (a.numpy() - sent[k].numpy()) for k, a in arrays.items()}
+            arrays = ArrayRecord({k: Array(np.asarray(v)) for k, v in flipped.items()})
+            content = RecordDict({"arrays": arrays, "metrics": reply.content["metrics"]})
+            return Message(content=content, reply_to=msg)
+        return reply
+
+    def run(aggregation: str) -> list[dict]:
+        quickstart.task.torch.manual_seed(0)
+        strategy = FedAvg(fraction_evaluate=0.0, aggregation=aggregation, seed=0)
+        initial = ArrayRecord(quickstart.task.Net().state_dict())
+        grid = quickstart.grid(app=hostile, num_nodes=5)
+        strategy.start(grid=grid, initial_arrays=initial, num_rounds=3, train_config=ConfigRecord({"lr": 0.01}),
+                       evaluate_fn=lambda r, arrays: None)
+        return strategy.history
+
+    with caplog.at_level(logging.INFO):
+        krum = run("krum")
+    assert [r["left_out"] for r in krum[1:]] == [1, 1, 1] and all(r["failures"] == 0 for r in krum[1:])
+    left_out = [r.getMessage() for r in caplog.records if "Krum left out" in r.getMessage()]
+    assert left_out == [f"round {r}: Krum left out the updates of 1" for r in (1, 2, 3)]  # partition 0's node
