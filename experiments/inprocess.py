@@ -10,6 +10,7 @@ serialized arrays and each client's ``context.state`` are the real ones; only Ra
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -135,6 +136,9 @@ class InProcessGrid(Grid):
         return list(self.contexts)
 
     def handle(self, message: Message) -> Message:
+        # Each node gets its own copy, as over the wire: a workflow may send one content object to every node
+        # (SecAgg+'s stages do), and a client mod may consume what it reads (secaggplus_mod does).
+        message = copy.deepcopy(message)
         try:
             reply = self.app(message, self.contexts[message.metadata.dst_node_id])
         except Exception as err:  # a ClientApp that raises answers with an error, as in Flower's runtimes

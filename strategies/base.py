@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.common import log
+from flwr_privacy.strategies.layers import Layer
 from flwr_privacy.strategies.privacy import PrivacyLedger
 from flwr_privacy.strategies.robust import (
     NUM_MALICIOUS_CLIENTS,
@@ -373,6 +374,7 @@ class AlgorithmRounds(ABC):
     aggregation: str = "mean"  # likewise: ``flwr_privacy.strategies.robust``
     trim_fraction: float = TRIM_FRACTION  # likewise
     num_malicious_clients: int = NUM_MALICIOUS_CLIENTS  # likewise (Krum's f)
+    layer: Layer | None = None  # the Flower privacy layer it runs inside, if any (``strategies.layers``)
 
     def __init__(self, initial_arrays: Sequence[np.ndarray]) -> None:
         self.initial_arrays = float_arrays(initial_arrays)
@@ -433,10 +435,26 @@ class AlgorithmRounds(ABC):
         """What every instruction carries besides the algorithm's own: the DP-SGD plan, if any."""
         return self.ledger.plan.settings() if self.ledger.plan is not None else {}
 
+    def enter(self, layer: Layer) -> None:
+        """Run inside one of Flower's privacy layers (``strategies.layers``); an algorithm that cannot says why.
+        Here: a sparse update carries its own index set per client, which Flower's clipping of dense model
+        updates and SecAgg+'s sum of same-shaped vectors cannot take."""
+        raise ValueError(
+            f"{type(self).__name__.removesuffix('Rounds')} cannot run inside Flower's {layer.name} ({layer.kind}): "
+            "its clients send sparse updates, each with its own index set, which Flower's layer can neither "
+            "clip as a model update nor sum; use sample-level DP-SGD (dpsgd.enabled) for a formal guarantee"
+        )
+
+    def adopt(self, arrays: Sequence[np.ndarray]) -> None:
+        """Take the global model Flower hands back (a DP wrapper's noised average) as this strategy's own."""
+        raise NotImplementedError(f"{type(self).__name__} keeps its own global model")
+
     def vote_weights(self, accepted: Sequence[Accepted]) -> list[int]:
         """What each accepted reply weighs: its example count under ``"mean"``; one client, one vote under a
-        robust rule (as Flower's FedMedian and FedTrimmedAvg count), so a claimed count buys nothing."""
-        return [a.num_examples if self.aggregation == "mean" else 1 for a in accepted]
+        robust rule (as Flower's FedMedian and FedTrimmedAvg count), so a claimed count buys nothing, and
+        inside Flower's client-level DP wrappers, whose noise is calibrated to a uniform mean (C / n)."""
+        uniform = self.aggregation != "mean" or (self.layer is not None and self.layer.kind == "client-level DP")
+        return [1 if uniform else a.num_examples for a in accepted]
 
     def average_dense(self, arrays: list[list[np.ndarray]], num_examples: list[int]) -> list[np.ndarray]:
         """Dense arrays of the accepted clients (buffers, FedAvg's models) by the strategy's ``aggregation``:

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config, check_update_norm
+from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config, check_update_norm, float_arrays
+from flwr_privacy.strategies.layers import Layer
 from flwr_privacy.strategies.legacy import LegacyStrategy
 from flwr_privacy.strategies.robust import arrays_norm, median_norm_scales
 
@@ -40,7 +41,10 @@ class FedAvgRounds(AlgorithmRounds):
         return sum(itemsize * int(np.prod(shape)) + 128 for shape in self.shapes)
 
     def decode(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        """The client's model (or change, with a float16 uplink), its move bounded (``check_update_norm``)."""
+        """The client's model (or change, with a float16 uplink), its move bounded (``check_update_norm``).
+        Under SecAgg+ every reply carries the round's aggregate, which Flower dequantizes to float64."""
+        if self.layer is not None and self.layer.kind == "SecAgg+":
+            arrays = [a.astype(self.codec.dtype) if a.dtype == np.float64 else a for a in arrays]
         decoded = self.codec.decode(arrays)
         change = decoded if self.sends_change() else [d.astype(np.float64) - w for d, w in zip(decoded, self.model)]
         check_update_norm(arrays_norm(change), arrays_norm(self.model), self.max_update_ratio)
@@ -65,6 +69,23 @@ class FedAvgRounds(AlgorithmRounds):
 
     def global_arrays(self) -> list[np.ndarray]:
         return self.model
+
+    def enter(self, layer: Layer) -> None:
+        """FedAvg runs inside Flower's client-level DP wrappers and SecAgg+ with plain averaging: a robust
+        rule needs each client's update, which SecAgg+ hides and whose sensitivity the wrappers' noise
+        (calibrated to a uniform mean) does not cover."""
+        if self.aggregation != "mean":
+            raise ValueError(
+                f"aggregation={self.aggregation!r} cannot run inside Flower's {layer.name} ({layer.kind}): "
+                "it needs each client's own update; use aggregation='mean'"
+            )
+        self.layer = layer
+
+    def adopt(self, arrays: Sequence[np.ndarray]) -> None:
+        model = float_arrays(arrays)
+        if [a.shape for a in model] != self.shapes:
+            raise ValueError(f"the model Flower handed back has shapes {[a.shape for a in model]}, not {self.shapes}")
+        self.model = model
 
     def sends_change(self) -> bool:
         """Whether clients send w_k - w (a float16 uplink) rather than w_k."""

@@ -48,6 +48,7 @@ from flwr_privacy.strategies.base import (
 from flwr_privacy.strategies.dgc import DGCRounds, check_server_arguments
 from flwr_privacy.strategies.dssgd import DSSGDRounds
 from flwr_privacy.strategies.fedavg import FedAvgRounds
+from flwr_privacy.strategies.layers import layer_of_caller
 from flwr_privacy.strategies.robust import NUM_MALICIOUS_CLIENTS, TRIM_FRACTION
 
 from flwr_privacy.algorithms.dgc import DGCConfig
@@ -222,6 +223,12 @@ class MessageStrategy(Strategy):
     ) -> Iterable[Message]:
         if self.rounds is None:
             self.initialize(arrays)
+        algorithm = self.algorithm
+        layer = layer_of_caller()
+        if layer is not None and layer != algorithm.layer:
+            algorithm.enter(layer)  # or refuses, saying why (``strategies.layers``)
+        if algorithm.layer is not None and algorithm.layer.kind == "client-level DP":
+            algorithm.adopt([arrays[k].numpy() for k in self.float_keys])  # the wrapper's noised model
         self.recorder.start(server_round)
         nodes = self.sample(grid, self.fraction_train, self.min_train_nodes, server_round, "train")
         dense = None

@@ -106,3 +106,37 @@ def test_message_api_krum_leaves_out_a_node_sending_its_change_flipped(quickstar
     assert [r["left_out"] for r in krum[1:]] == [1, 1, 1] and all(r["failures"] == 0 for r in krum[1:])
     left_out = [r.getMessage() for r in caplog.records if "Krum left out" in r.getMessage()]
     assert left_out == [f"round {r}: Krum left out the updates of 1" for r in (1, 2, 3)]  # partition 0's node
+
+
+def test_message_api_fedavg_inside_flowers_dp_wrapper_sends_the_noised_model_on(quickstart):
+    """Flower's Message-API client-level DP wrapper around our FedAvg: round 2's clients get the model the
+    wrapper noised (std z C / n around the uniform mean of the clipped updates), not FedAvg's own average."""
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping as MessageServerSideClipping
+
+    z, clip, nodes = 2.0, 0.5, 4
+    strategy = FedAvg(fraction_evaluate=0.0, min_train_nodes=nodes, seed=0)
+    clipped, sent = [], {}
+    aggregate_train, configure_train = strategy.aggregate_train, strategy.configure_train
+
+    def recording_aggregate(server_round, replies):
+        replies = list(replies)
+        clipped.extend(flat(r.content["arrays"]) for r in replies if server_round == 1)
+        return aggregate_train(server_round, replies)
+
+    def recording_configure(server_round, arrays, config, grid):
+        messages = list(configure_train(server_round, arrays, config, grid))
+        sent[server_round] = flat(messages[0].content["arrays"])
+        return messages
+
+    strategy.aggregate_train, strategy.configure_train = recording_aggregate, recording_configure
+    wrapper = MessageServerSideClipping(strategy, z, clip, num_sampled_clients=nodes)
+    quickstart.task.torch.manual_seed(0)
+    initial = ArrayRecord(quickstart.task.Net().state_dict())
+    wrapper.start(grid=quickstart.grid(), initial_arrays=initial, num_rounds=2, train_config=ConfigRecord({"lr": 0.01}))
+    mean = np.mean(clipped, axis=0)
+    assert np.std(sent[2] - mean) == pytest.approx(z * clip / nodes, rel=0.1)
+
+
+def flat(record: ArrayRecord) -> np.ndarray:
+    """A record's float arrays as one vector (the integer batch-norm counter left out)."""
+    return np.concatenate([a.numpy().ravel() for a in record.values() if a.numpy().dtype.kind == "f"])
