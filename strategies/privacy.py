@@ -33,6 +33,18 @@ def dpsgd_spent(plan: DPSGDPlan, steps: int) -> PrivacySpent:
     return accountant.get_privacy_spent()
 
 
+@lru_cache(maxsize=256)
+def client_level_spent(noise_multiplier: float, releases: int, num_clients: int, delta: float) -> PrivacySpent:
+    """(epsilon, delta) of one client's whole data after ``releases`` rounds of client-level DP (McMahan et
+    al. 2018; Flower's fixed-clipping wrappers: updates clipped to C, Gaussian noise of std z C on their sum).
+    No amplification by sampling: the clients a round samples follow the run seed, which the server knows."""
+    accountant = RdpAccountant(
+        PrivacyConfig(delta, num_clients, NeighboringRelation.ADD_OR_REMOVE_ONE, SamplingMethod.NO_AMPLIFICATION)
+    )
+    accountant.compose(GaussianPrivacyEvent(noise_multiplier, num_clients, num_clients), releases)
+    return accountant.get_privacy_spent()
+
+
 @dataclass
 class PrivacyLedger:
     """Per node: the DP-SGD steps it took (``plan``) and the pure epsilon it spent (``pure_mechanism``).

@@ -149,3 +149,18 @@ def test_a_robust_rule_is_refused_inside_a_layer(federation):
     wrapper = DifferentialPrivacyServerSideFixedClipping(fed.strategy, 1.0, CLIP, num_sampled_clients=4)
     with pytest.raises(ValueError, match="aggregation='median' cannot run inside Flower's Differential"):
         run_inprocess(wrapper, fed.manager, 1)
+
+
+@pytest.mark.parametrize(("z", "rounds"), [(1.0, 1), (1.0, 5), (2.0, 20), (5.0, 3)])
+def test_client_level_epsilon_is_the_rdp_bound_of_the_composed_gaussians(z, rounds):
+    """What ``experiments.client_dp`` reports: T Gaussian releases of noise multiplier z, no amplification,
+    computed here with Google's dp-accounting directly."""
+    import dp_accounting
+
+    from flwr_privacy.strategies.privacy import client_level_spent
+
+    accountant = dp_accounting.rdp.RdpAccountant()
+    accountant.compose(dp_accounting.GaussianDpEvent(z), rounds)
+    expected = accountant.get_epsilon(1e-5)
+    assert client_level_spent(z, rounds, 10, 1e-5).epsilon == pytest.approx(expected, rel=0.02)
+    assert client_level_spent(z, rounds + 1, 10, 1e-5).epsilon > client_level_spent(z, rounds, 10, 1e-5).epsilon
