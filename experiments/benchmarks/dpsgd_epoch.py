@@ -1,0 +1,73 @@
+"""DP-SGD's cost: one private local epoch against one plain local epoch, same model, data and lot size.
+
+A client's partition of the embedded MNIST (``--examples`` of the 5,000 images), the run's model:
+
+- plain: ``flwr_privacy.training.train_epochs``, mini-batches of B, one epoch;
+- private: ``flwr_privacy.privacy.dpsgd.train_epochs_private``, Poisson lots of expected size B, each
+  example's gradient computed (Opacus's ``GradSampleModule``), clipped, summed and noised, one epoch
+  (ceil(n / B) lots).
+
+The two alternate, one of each per repeat after a warm-up of each; each time printed is the median
+over --repeats and the ratio is the median of the per-repeat ratios.
+
+    python experiments/benchmarks/dpsgd_epoch.py [--model mlp|cnn] [--batch-size B] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from flwr_privacy.data import TensorData, load_dataset
+from flwr_privacy.models import build_model
+from flwr_privacy.privacy.dpsgd import DPSGDConfig, make_private_model, train_epochs_private
+from flwr_privacy.training import SGDSettings, train_epochs
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="mlp")
+    parser.add_argument("--examples", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train, _ = load_dataset("mnist-embedded", "")
+    data = TensorData(train.x[: args.examples], train.y[: args.examples])
+    device = torch.device("cpu")
+    # The same network on both sides: the private one's BatchNorm (if any) made GroupNorm, as DP-SGD needs.
+    model = make_private_model(build_model(args.model, data.in_shape, 10, seed=0))
+    settings = SGDSettings(lr=0.05, batch_size=args.batch_size)
+    config = DPSGDConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0, insecure_seeded_noise=True)
+
+    def plain() -> None:
+        train_epochs(model, data, 1, settings, device, torch.Generator().manual_seed(0))
+
+    def private() -> None:
+        gen = torch.Generator().manual_seed(0)
+        train_epochs_private(model, data, 1, 0.05, 0.0, 0.0, args.batch_size, config, device, gen)
+
+    plain(), private()  # warm-up: first-use costs (Opacus's import, torch's kernels) out of the timings
+    pairs = [(timed(plain), timed(private)) for _ in range(args.repeats)]
+    plain_s = statistics.median(p for p, _ in pairs)
+    private_s = statistics.median(q for _, q in pairs)
+    ratio = statistics.median(q / p for p, q in pairs)
+    print(f"model {args.model}, {args.examples} examples, B={args.batch_size}, threads {torch.get_num_threads()}")
+    print(f"plain local epoch:   {plain_s:.3f} s")
+    print(f"DP-SGD local epoch:  {private_s:.3f} s")
+    print(f"ratio private / plain: {ratio:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
