@@ -47,7 +47,7 @@ def run(run_config: dict[str, Any], noise_multiplier: float | None, clip: float)
     if noise_multiplier:
         epsilon = client_level_spent(noise_multiplier, cfg.num_rounds, cfg.num_clients, DELTA).epsilon
     return {
-        "mechanism": "none" if noise_multiplier is None else "client-level DP (Flower's server-side fixed clipping)",
+        "mechanism": "none" if noise_multiplier is None else "fedavg + client-level DP (Flower's wrapper)",
         "noise_multiplier": noise_multiplier,
         "clip": clip if noise_multiplier is not None else None,
         "epsilon": epsilon if noise_multiplier else (float("inf") if noise_multiplier == 0 else None),
@@ -63,8 +63,7 @@ def dpsgd_points(folders: list[str]) -> list[dict[str, Any]]:
         rows = load_rows(folder)
         config = json.loads((Path(folder) / "config.json").read_text())
         points.append({
-            "mechanism": "DP-SGD (sample-level)",
-            "strategy": config.get("strategy"),
+            "mechanism": f"{config.get('strategy')} + DP-SGD (sample-level)",
             "epsilon": rows[-1].get("epsilon_total_max"),
             "accuracy": rows[-1]["test_accuracy"],
             "folder": folder,
