@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,23 @@ COLUMNS = (
     "epsilon",
     "wall_time_s",
 )
+
+
+# The base of the runs' own folders when output-dir is empty; default ./outputs, where the Hydra runner writes too.
+OUTPUTS_ENV = "FLWR_PRIVACY_OUTPUTS"
+
+
+def run_folder(output_dir: str, run_id: int, now: datetime | None = None) -> Path:
+    """The absolute folder a run writes to: ``output-dir`` when set (a relative one under the current
+    directory), else one of its own, ``$FLWR_PRIVACY_OUTPUTS/<date>/<time>-run<run_id>`` (``./outputs``
+    without the variable). Under ``flwr run`` the current directory is the one the SuperLink was started
+    from: a shared ``output-dir`` default would have every run overwrite the last one's files there, and
+    Flower's run ids (random 64-bit) keep two runs started in the same second apart."""
+    if output_dir:
+        return Path(output_dir).expanduser().resolve()
+    base = Path(os.environ.get(OUTPUTS_ENV) or "outputs").expanduser()
+    now = now or datetime.now()
+    return (base / now.strftime("%Y-%m-%d") / f"{now.strftime('%H-%M-%S')}-run{run_id}").resolve()
 
 
 class ResultsWriter:

@@ -63,7 +63,8 @@ class RunConfig:
     num_malicious_clients: int = 1
     seed: int = 0
     device: str = "auto"
-    output_dir: str = "outputs/latest"
+    # "": a folder of its own for each run (experiments.results.run_folder); the Hydra runner sets its own
+    output_dir: str = ""
     checkpoint_every: int = 1
     resume: str = ""
 
