@@ -90,17 +90,23 @@ def run_server_app(strategy, run_config: dict, mods: list, num_nodes: int = 4, w
     server(grid, context)
 
 
-def test_fedavg_inside_client_side_clipping_with_fixedclipping_mod_is_the_mean_of_the_clipped_updates(federation):
-    fed = federation("fedavg", **UNEQUAL)
-    sent = flat(fed.strategy.global_arrays())
-    seen = []
-    aggregate_fit = fed.strategy.aggregate_fit
+def record_aggregated(strategy) -> list[np.ndarray]:
+    """The models the strategy's ``aggregate_fit`` is handed (after any layer's clipping or unmasking)."""
+    seen: list[np.ndarray] = []
+    aggregate_fit = strategy.aggregate_fit
 
     def recording(server_round, results, failures):
         seen.extend(flat(parameters_to_ndarrays(res.parameters)) for _, res in results)
         return aggregate_fit(server_round, results, failures)
 
-    fed.strategy.aggregate_fit = recording
+    strategy.aggregate_fit = recording
+    return seen
+
+
+def test_fedavg_inside_client_side_clipping_with_fixedclipping_mod_is_the_mean_of_the_clipped_updates(federation):
+    fed = federation("fedavg", **UNEQUAL)
+    sent = flat(fed.strategy.global_arrays())
+    seen = record_aggregated(fed.strategy)
     wrapper = DifferentialPrivacyClientSideFixedClipping(fed.strategy, 0.0, CLIP, num_sampled_clients=4)
     run_server_app(wrapper, fed.run_config, [fixedclipping_mod])
     assert len(seen) == 4 and all(np.linalg.norm(m - sent) <= CLIP * (1 + 1e-5) for m in seen)  # the mod clipped
@@ -111,14 +117,7 @@ def test_fedavg_under_secagg_plus_sees_only_the_sum_and_ends_where_plain_averagi
     plain = federation("fedavg", **UNEQUAL)
     plain.run(1)
     secure = federation("fedavg", **UNEQUAL)
-    received = []
-    aggregate_fit = secure.strategy.aggregate_fit
-
-    def recording(server_round, results, failures):
-        received.extend(flat(parameters_to_ndarrays(res.parameters)) for _, res in results)
-        return aggregate_fit(server_round, results, failures)
-
-    secure.strategy.aggregate_fit = recording
+    received = record_aggregated(secure.strategy)
     # max_weight: above every client's example count, or SecAgg+'s weighted sum may overflow its range.
     secagg = SecAggPlusWorkflow(num_shares=3, reconstruction_threshold=2, max_weight=10_000)
     run_server_app(secure.strategy, secure.run_config, [secaggplus_mod], workflow=DefaultWorkflow(fit_workflow=secagg))
@@ -156,7 +155,6 @@ def test_client_level_epsilon_is_the_rdp_bound_of_the_composed_gaussians(z, roun
     """What ``experiments.client_dp`` reports: T Gaussian releases of noise multiplier z, no amplification,
     computed here with Google's dp-accounting directly."""
     import dp_accounting
-
     from flwr_privacy.strategies.privacy import client_level_spent
 
     accountant = dp_accounting.rdp.RdpAccountant()
