@@ -435,6 +435,17 @@ class AlgorithmRounds(ABC):
         """What every instruction carries besides the algorithm's own: the DP-SGD plan, if any."""
         return self.ledger.plan.settings() if self.ledger.plan is not None else {}
 
+    def join(self, layer: Layer | None) -> None:
+        """Called with the Flower layer around the strategy's call, if any: a new one is entered (or refused)."""
+        if layer is not None and layer != self.layer:
+            self.enter(layer)
+
+    @property
+    def takes_released_model(self) -> bool:
+        """Inside a client-level DP wrapper the model Flower hands over (the wrapper's noised average) is the
+        global model (``adopt``): the noise is what the guarantee rests on."""
+        return self.layer is not None and self.layer.kind == "client-level DP"
+
     def enter(self, layer: Layer) -> None:
         """Run inside one of Flower's privacy layers (``strategies.layers``); an algorithm that cannot says why.
         Here: a sparse update carries its own index set per client, which Flower's clipping of dense model
@@ -453,7 +464,7 @@ class AlgorithmRounds(ABC):
         """What each accepted reply weighs: its example count under ``"mean"``; one client, one vote under a
         robust rule (as Flower's FedMedian and FedTrimmedAvg count), so a claimed count buys nothing, and
         inside Flower's client-level DP wrappers, whose noise is calibrated to a uniform mean (C / n)."""
-        uniform = self.aggregation != "mean" or (self.layer is not None and self.layer.kind == "client-level DP")
+        uniform = self.aggregation != "mean" or self.takes_released_model
         return [1 if uniform else a.num_examples for a in accepted]
 
     def average_dense(self, arrays: list[list[np.ndarray]], num_examples: list[int]) -> list[np.ndarray]:

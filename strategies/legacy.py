@@ -44,7 +44,7 @@ from flwr_privacy.strategies.base import (
     sample_ids,
     short_reason,
 )
-from flwr_privacy.strategies.layers import Layer, layer_of_caller
+from flwr_privacy.strategies.layers import layer_of_caller
 from flwr_privacy.strategies.robust import NUM_MALICIOUS_CLIENTS, TRIM_FRACTION
 
 from flwr_privacy.privacy.dpsgd import DPSGDPlan
@@ -171,19 +171,12 @@ class LegacyStrategy(Strategy):
         return f"{type(self).__name__}(fraction_fit={self.fraction_fit}, min_fit_clients={self.min_fit_clients})"
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-        self.join_layer(layer_of_caller())
+        self.rounds.join(layer_of_caller())  # Flower's DP wrappers delegate this call: entered, or refused
         return ndarrays_to_parameters(self.rounds.global_arrays())
 
-    def join_layer(self, layer: Layer | None) -> None:
-        """Inside one of Flower's privacy layers (``strategies.layers``): the algorithm enters it or refuses."""
-        if layer is not None and layer != self.rounds.layer:
-            self.rounds.enter(layer)
-
-    def adopt(self, parameters: Parameters) -> None:
-        """Inside a client-level DP wrapper, the model Flower hands over (the wrapper's noised average) is the
-        global model: the noise is what the guarantee rests on."""
-        layer = self.rounds.layer
-        if layer is not None and layer.kind == "client-level DP":
+    def take_model(self, parameters: Parameters) -> None:
+        """The model Flower hands over, where it is the global one (``AlgorithmRounds.takes_released_model``)."""
+        if self.rounds.takes_released_model:
             self.rounds.adopt(parameters_to_ndarrays(parameters))
 
     def sample(self, client_manager: ClientManager, fraction: float, minimum: int, server_round: int, purpose: str):
@@ -198,8 +191,8 @@ class LegacyStrategy(Strategy):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
-        self.join_layer(layer_of_caller())
-        self.adopt(parameters)
+        self.rounds.join(layer_of_caller())  # SecAgg+'s workflow calls this one
+        self.take_model(parameters)
         server_round += self.round_offset
         self.recorder.start(server_round)
         clients = self.sample(client_manager, self.fraction_fit, self.min_fit_clients, server_round, "train")
@@ -235,7 +228,7 @@ class LegacyStrategy(Strategy):
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
         if server_round == 0 and self.round_offset:  # a resumed run: its starting model is already recorded
             return None
-        self.adopt(parameters)
+        self.take_model(parameters)
         server_round += self.round_offset
         result = None
         if self.evaluate_fn is not None:

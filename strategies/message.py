@@ -224,11 +224,9 @@ class MessageStrategy(Strategy):
         if self.rounds is None:
             self.initialize(arrays)
         algorithm = self.algorithm
-        layer = layer_of_caller()
-        if layer is not None and layer != algorithm.layer:
-            algorithm.enter(layer)  # or refuses, saying why (``strategies.layers``)
-        if algorithm.layer is not None and algorithm.layer.kind == "client-level DP":
-            algorithm.adopt([arrays[k].numpy() for k in self.float_keys])  # the wrapper's noised model
+        algorithm.join(layer_of_caller())  # Flower's DP wrappers call this first: entered, or refused
+        if algorithm.takes_released_model:
+            algorithm.adopt([arrays[k].numpy() for k in self.float_keys])
         self.recorder.start(server_round)
         nodes = self.sample(grid, self.fraction_train, self.min_train_nodes, server_round, "train")
         dense = None
