@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -150,3 +151,39 @@ def test_a_supernode_killed_mid_run_is_a_recorded_failure_and_the_run_completes(
     assert sum(r["failures"] for r in rows[2:]) >= 1  # the lost node's reply, recorded as a failure
     assert all(r["accepted"] >= 2 for r in rows[2:])
     assert rows[-1]["test_accuracy"] > rows[1]["test_accuracy"]
+
+
+def test_a_superlink_restarted_with_its_database_keeps_its_supernodes_and_runs(deployment, tmp_path):
+    """SIGKILL mid-run (a crash), then the same command again at once: the nodes reconnect by themselves
+    (they retry with backoff, unlimited by default) under the same ids, the interrupted run is still
+    listed, and the next run completes on them without any node restarted."""
+    d = deployment
+    d.superlink("--insecure")
+    d.connection("insecure = true")
+    for i in range(3):
+        d.supernode(f"node{i}", i, "--insecure")
+
+    def listed(*what: str) -> dict:
+        out = d.sh(str(BIN / "flwr"), *what, "here", "--format", "json").stdout
+        return json.loads(out[out.index("{"):])
+
+    interrupted = subprocess.Popen(
+        [str(BIN / "flwr"), "run", str(ROOT), "here", "--stream", "--run-config",
+         f"{RUN} output-dir='{tmp_path / 'first'}'"],
+        cwd=d.root, env=d.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (started := re.search(r"Started task \d+ of run (\d+)", d.log("superlink"))):
+        assert time.monotonic() < deadline and interrupted.poll() is None  # the ServerApp has its task: mid-run
+        time.sleep(0.5)
+    run_id = started.group(1)
+    nodes = sorted(n["node-id"] for n in listed("supernode", "ls")["nodes"])
+    d.processes["superlink"].kill()
+    d.processes["superlink"].wait(timeout=30)
+    d.superlink("--insecure")  # the same --database and port
+    interrupted.communicate(timeout=120)  # its log stream broke with the old SuperLink
+    assert run_id in [r["run-id"] for r in listed("ls")["runs"]]
+    assert sorted(n["node-id"] for n in listed("supernode", "ls")["nodes"]) == nodes
+    rows = d.run(tmp_path / "next")
+    assert rows[1]["accepted"] == 3 and rows[1]["failures"] == 0
+    assert all(d.processes[f"node{i}"].poll() is None for i in range(3))  # the same node processes served it
