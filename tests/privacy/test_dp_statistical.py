@@ -114,3 +114,58 @@ def test_svt_selects_with_the_distribution_its_noise_scales_give(svt_frequencies
     expected_none = float(np.sum(density * below) * (rho[1] - rho[0]))
     observed = svt_frequencies[-1]
     assert abs(observed - expected_none) <= Z * math.sqrt(expected_none * (1 - expected_none) / RUNS)
+
+
+def dpsgd_projections(big: bool, sigma: float, runs: int, n: int = 100, lot: int = 20, clip: float = 1.0) -> np.ndarray:
+    """One DP-SGD step (Opacus: Poisson lot, per-example clipping, noise), ``runs`` times, on a linear model
+    whose examples all have zero gradient but the last, whose input is huge (``big``) or zero: the neighbour
+    that is in the data or not. Each noisy gradient projected on the big example's clipped gradient, in
+    units of C / B (the shift it adds when its lot holds it)."""
+    from torch import nn
+
+    from flwr_privacy.data import TensorData
+    from flwr_privacy.privacy.dpsgd import DPSGDConfig, PrivateSteps
+
+    x = torch.zeros(n, 1, 1, 1)
+    x[-1] = 1e4 if big else 0.0
+    data = TensorData(x, torch.zeros(n, dtype=torch.long))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(1, 3, bias=False))
+    # Seeded noise: the same draws every run, so the margins below hold or fail the same way each time.
+    config = DPSGDConfig(enabled=True, noise_multiplier=sigma, max_grad_norm=clip, insecure_seeded_noise=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    private = PrivateSteps(model, data, config, lot, torch.device("cpu"), torch.Generator().manual_seed(0), optimizer)
+    direction = torch.ones(3) / math.sqrt(3)  # d(sum of outputs)/dW for a positive input, normalised
+    lots = private.lots()
+    out = np.empty(runs)
+    try:
+        for i in range(runs):
+            private.noisy_gradient(*next(lots), loss_fn=lambda o, y: o.sum(1).mean())
+            out[i] = float(model[1].weight.grad.reshape(-1) @ direction) * lot / clip
+    finally:
+        private.close()
+    return out
+
+
+@pytest.mark.parametrize("sigma", [1.0, 0.5, 1e-6])
+def test_dpsgd_step_meets_the_sampled_gaussians_epsilon_delta_on_neighbours(sigma):
+    """The sampled Gaussian mechanism (rate q = B / n, noise sigma) on neighbouring data sets: for every
+    threshold set, P[out in S | with] <= e^epsilon P[out in S | without] + delta, delta from dp-accounting's
+    RDP bound for one step (sigma = 1), within a confidence margin. With the noise halved, or removed (an
+    output above zero then happens only with the example), it fails."""
+    import dp_accounting
+
+    runs, q, epsilon = 4000, 20 / 100, 1.0
+    accountant = dp_accounting.rdp.RdpAccountant()
+    accountant.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(1.0)))
+    delta = accountant.get_delta(epsilon)
+    with_it, without = dpsgd_projections(True, sigma, runs), dpsgd_projections(False, sigma, runs)
+    violations = []
+    for t in np.arange(0.0, 3.01, 0.25):
+        for p_set, q_set in ((with_it > t, without > t), (without < -t, with_it < -t)):
+            p, r = p_set.mean(), q_set.mean()
+            se = math.sqrt((p * (1 - p) + math.exp(2 * epsilon) * r * (1 - r)) / runs)
+            if p - math.exp(epsilon) * r > delta + Z * se:
+                violations.append((t, p, r))
+    assert (violations == []) == (sigma == 1.0), (violations, delta)
+    if sigma == 1.0:  # the example is in about q of the lots: it shifts the mean by q (C / B units)
+        assert np.mean(with_it) - np.mean(without) == pytest.approx(q, abs=Z * math.sqrt(2 / runs))
