@@ -15,10 +15,12 @@ the clipping and the noise are theirs, not ours. What this module adds is the wi
   (``round_steps``, ``sample_size``), so the client's own accountant and the server's ledger
   (``flwr_privacy.strategies.privacy``) compose the same Gaussian events.
 
-Opacus's ``secure_mode`` (its cryptographically secure sampler, against the floating-point attack on
-Gaussian noise) needs ``torchcsprng``, which is not built for current PyTorch; the noise here is
-torch's Gaussian from a generator seeded by the OS (unpredictable, but not hardened against Mironov's
-floating-point attack). docs/privacy.md says what this does and does not protect.
+Against the floating-point attack on Gaussian sampling (Jin et al. 2022 on Opacus, after Mironov 2012),
+the optimizer runs in Opacus's ``secure_mode``: every noise value is the sum of four Gaussian draws,
+halved (Holohan & Braghin 2021), unless ``insecure_seeded_noise``. Opacus's other half of secure mode, a
+cryptographically secure generator (``torchcsprng``), is not built for current PyTorch: the draws come
+from torch's generator seeded by the OS (unpredictable, not a CSPRNG). docs/privacy.md says what this does
+and does not protect.
 
 Opacus is imported where it is used: it adds seconds to the start of every client process, and a
 client without DP-SGD never needs it.
@@ -183,6 +185,9 @@ class PrivateSteps:
             max_grad_norm=config.max_grad_norm,
             expected_batch_size=self.lot,
             generator=noise,
+            # Opacus's defence against the floating-point attack on Gaussian sampling (Holohan & Braghin
+            # 2021): each noise value the normalised sum of four draws.
+            secure_mode=not config.insecure_seeded_noise,
         )
         self.device = device
         self.taken = 0

@@ -84,6 +84,19 @@ def test_noise_and_sampling_are_secret_unless_the_insecure_switch_is_on():
     assert torch.equal(one_step(linear(), data(), insecure, seed=7)[0], one_step(linear(), data(), insecure, seed=7)[0])
 
 
+@pytest.mark.parametrize("insecure", [False, True])
+def test_the_noise_is_drawn_in_opacus_secure_mode_unless_the_insecure_switch_is_on(insecure):
+    """Secure mode: each noise value the halved sum of four Gaussian draws (Holohan & Braghin 2021), the
+    defence against the floating-point attack on Gaussian sampling."""
+    model, config = linear(), DPSGDConfig(enabled=True, insecure_seeded_noise=insecure)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    private = PrivateSteps(model, data(), config, 20, torch.device("cpu"), torch.Generator(), optimizer)
+    try:
+        assert private.optimizer.secure_mode is not insecure
+    finally:
+        private.close()
+
+
 def test_the_hooks_are_removed_after_a_round():
     model = linear()
     one_step(model, data(), DPSGDConfig(enabled=True))
