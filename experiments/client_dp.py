@@ -92,6 +92,14 @@ def plot(points: list[dict[str, Any]], reference: float | None, path: Path) -> N
     fig.savefig(path, dpi=120)
 
 
+def dataset_folder(dataset: str) -> str:
+    """The data folder ``experiments/conf/dataset/<dataset>.yaml`` names (``$FLWR_PRIVACY_DATA`` resolved)."""
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.load(Path(__file__).parent / "conf" / "dataset" / f"{dataset.replace('-', '_')}.yaml")
+    return str(OmegaConf.to_container(conf, resolve=True)["data_dir"])
+
+
 def parse(value: str) -> Any:
     """A command-line value as a run-config value: a number or a bool where it reads as one, else the string."""
     try:
@@ -113,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     for item in args.overrides:
         key, value = item.split("=", 1)
         run_config[key.replace("_", "-")] = parse(value)
+    if "dataset" in run_config and "data-dir" not in run_config:  # where the Hydra runner would look
+        run_config["data-dir"] = dataset_folder(run_config["dataset"])
     points = [run(run_config, None, args.clip)]
     points += [run(run_config, float(z), args.clip) for z in args.noise.split(",") if z.strip()]
     points += dpsgd_points([f for f in args.dpsgd_runs.split(",") if f.strip()])
