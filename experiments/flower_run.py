@@ -233,7 +233,7 @@ def run_app(
 def flwr_run(
     run_config: dict[str, Any],
     num_supernodes: int,
-    cpus_per_client: float = 1.0,
+    cpus_per_client: int = 1,  # Flower 1.42 refuses a float here, 1.0 included
     gpus_per_client: float = 0.0,
     app_dir: Path = PROJECT_ROOT,
     timeout: float | None = None,
