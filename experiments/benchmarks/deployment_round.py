@@ -18,8 +18,9 @@ rounds 2 and later. Every process of both halves is stopped at the end, however 
 
 ``--breakdown`` then times, in fresh processes one at a time, what one ``flwr-clientapp`` process of
 ours does (interpreter start, ``import torch``, Flower's ClientApp entry, our modules, the client's
-data, its model, one local epoch), and the nodes' logs give each message's time on its node
-(received -> reply sent); the rest of a round is the server side and Flower's polling.
+data, its model, one local epoch). The nodes' logs give each message's phases on its node (pull,
+SuperExec start, ClientApp process, push); the rest of a round is the server side: the SuperNodes'
+3 s pull poll, the ServerApp's 3 s reply poll, aggregation and evaluation.
 
     python -m experiments.benchmarks.deployment_round [--clients 3] [--rounds 3] [--repeats 1] [--breakdown]
 
@@ -132,20 +133,26 @@ def seconds(rows: list[dict[str, Any]]) -> tuple[float, float]:
     return times[0], statistics.mean(times[1:])
 
 
-def message_times(folder: Path) -> list[float]:
-    """Seconds each message spent on its node: from ``Receiving: train message`` to ``Sent successfully``
-    in the node's log (the ClientApp process, Flower's SuperExec task poll and the node's push)."""
-    held = []
+# What a SuperNode logs as it handles a message, in order; the time between two marks is a phase.
+MARKS = ("Receiving: train message", "Received successfully", "Start `flwr-clientapp` process",
+         "Sending: train message", "Sent successfully")
+PHASES = ("pull the message's content from the SuperLink", "wait for the SuperExec to start a ClientApp (1 s poll)",
+          "the ClientApp process, then the node's next push (3 s poll)", "push the reply to the SuperLink")
+
+
+def message_phases(folder: Path) -> list[list[float]]:
+    """For each message a node handled: seconds between successive MARKS in the node's log, then the total."""
+    messages = []
     for log in sorted(folder.glob("node*.log")):
-        received = None
+        stamps: list[float] = []
         for line in log.read_text().splitlines():
-            stamp = float(line.split(" ", 1)[0])
-            if "Receiving: train message" in line:
-                received = stamp
-            elif "Sent successfully" in line and received is not None:
-                held.append(stamp - received)
-                received = None
-    return held
+            at = len(stamps)
+            if at < len(MARKS) and MARKS[at] in line:
+                stamps.append(float(line.split(" ", 1)[0]))
+            if len(stamps) == len(MARKS):
+                messages.append([b - a for a, b in zip(stamps, stamps[1:])] + [stamps[-1] - stamps[0]])
+                stamps = []
+    return messages
 
 
 # One ClientApp process of ours, stage by stage: what Flower's flwr-clientapp imports first (its entry
@@ -194,9 +201,9 @@ def breakdown(run_config: dict[str, Any], repeats: int) -> None:
             samples.append([wall - inside, *stages, wall])
         columns[threads] = [statistics.median(column) for column in zip(*samples)]
     print(f"one fresh ClientApp process of ours, stage by stage (median of {repeats}, one process at a time):")
-    print(f"  {'':40s} {'threads: default':>17s} {'OMP_NUM_THREADS=1':>18s}")
-    for i, name in enumerate(("interpreter start and exit", *STAGE_NAMES, "total")):
-        print(f"  {name:40s} {columns['default'][i]:15.2f} s {columns['1'][i]:16.2f} s")
+    print(f"  {'':46s} {'threads: default':>17s} {'OMP_NUM_THREADS=1':>18s}")
+    for i, name in enumerate(("interpreter start and exit (torch's teardown)", *STAGE_NAMES, "total")):
+        print(f"  {name:46s} {columns['default'][i]:15.2f} s {columns['1'][i]:16.2f} s")
 
 
 def main() -> None:
@@ -230,9 +237,11 @@ def main() -> None:
                 figures[name] = seconds(half(run_config, args.clients, folder, args.node_threads))
                 first, later = figures[name]
                 print(f"{name:10s}: round 1 {first:6.2f} s, later rounds {later:6.2f} s per round")
-            held = message_times(root / f"{repeat}-deployment")
-            print(f"deployment: each message on its node (received -> reply sent): median {statistics.median(held):.2f}"
-                  f" s, max {max(held):.2f} s over {len(held)} messages")
+            messages = message_phases(root / f"{repeat}-deployment")
+            medians = [statistics.median(column) for column in zip(*messages)]
+            print(f"deployment: each message on its node, median over {len(messages)} messages:")
+            for phase, value in zip((*PHASES, "received -> reply sent"), medians):
+                print(f"  {phase:60s} {value:6.2f} s")
             ratio = figures["deployment"][1] / figures["simulation"][1]
             print(f"ratio deployment / simulation (rounds 2 and later): {ratio:.1f}x")
         if args.breakdown:
