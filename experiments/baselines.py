@@ -11,12 +11,14 @@ federated run's: as many passes over the data as the federation's sample gradien
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from experiments.cli import check_overrides
 from experiments.federation import client_data, validate_run_config
 from experiments.run import to_run_config
 from flwr_privacy.baselines import centralized, federated_epochs, standalone
@@ -35,6 +37,15 @@ def samples_per_round(cfg: RunConfig, num_examples: int) -> float:
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(dcfg: DictConfig) -> None:
+    """One line and exit status 1 for what a user can fix (a config value, data)."""
+    try:
+        baselines(dcfg)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+def baselines(dcfg: DictConfig) -> None:
     run_config = to_run_config(dcfg)
     run_config["output-dir"] = HydraConfig.get().runtime.output_dir
     cfg = validate_run_config(run_config)
@@ -55,4 +66,5 @@ def main(dcfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:])
     main()

@@ -23,6 +23,7 @@ from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.checkpoint import resumable_strategy
+from experiments.cli import check_overrides
 from experiments.client_app import client_fn
 from experiments.federation import check_partitions, validate_run_config
 from experiments.flower_run import FlowerRunError, flwr_run
@@ -106,4 +107,5 @@ def run(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:])
     main()

@@ -28,7 +28,9 @@ def run(*overrides, tmp_path):
         (["dataset=mnist", "data_dir=/nonexistent/mnist"], "data-dir='/nonexistent/mnist' is not a folder"),
         (["strategy=dgc", "dgc.final_sparsity=1.0"], "final_sparsity=1.0"),
         (["+dssgd.theta_u=0"], "theta_u=0"),
-        (["model=gpt"], "Could not find 'model/gpt'"),
+        (["model=gpt"], "model='gpt' is unknown: choose one of cnn, dssgd_cnn,"),
+        (["output_dir=x"], "output_dir is not a config key (known keys: strategy, dataset,"),
+        (["num_rounds"], "cannot read the override: Error parsing override 'num_rounds'"),
         (["seed=-1"], "seed=-1 must be >= 0"),
         (["partition=shards", "shards_per_client=100000"], "shards-per-client=100000 must be >= 1 with at least one"),
     ],
@@ -38,6 +40,7 @@ def test_bad_config_stops_before_training_and_names_the_key(overrides, message, 
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
     assert not (tmp_path / "rounds.json").exists()
 
 

@@ -1,0 +1,58 @@
+"""The command line's overrides checked before Hydra runs, so that a mistyped key, an unknown option or an
+override that does not parse is one line naming it (Hydra itself prints several lines and a hint)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+
+CONF = Path(__file__).resolve().parent / "conf"
+
+
+def override_error(overrides: list[str], config_name: str = "config") -> str | None:
+    """What is wrong with ``overrides`` against the Hydra config, in one line, or None if they compose."""
+    try:
+        with initialize_config_dir(str(CONF), version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except MissingConfigException as err:
+        group = (err.missing_cfg_file or "").rpartition("/")[0]
+        if err.options and group:
+            value = err.missing_cfg_file.rpartition("/")[2]  # type: ignore[union-attr]
+            return f"{group}={value!r} is unknown: choose one of {', '.join(sorted(err.options))}"
+        return first_line(err)
+    except OverrideParseException as err:
+        return f"cannot read the override: {first_line(err)}; write key=value"
+    except HydraException as err:
+        key = str(err).partition("'")[2].partition("'")[0]
+        if key:
+            return f"{key} is not a config key{known_keys(key, config_name)}"
+        return first_line(err)
+    return None
+
+
+def known_keys(key: str, config_name: str) -> str:
+    """", known keys under <parent>: ..." for a key that does not exist, from the config without overrides."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose(config_name)
+    parent, _, _ = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig):
+        return ""
+    return f" (known keys{f' under {parent}' if parent else ''}: {', '.join(str(k) for k in node)})"
+
+
+def first_line(err: Exception) -> str:
+    return " ".join(str(err).split("\n")[:2]).strip()
+
+
+def check_overrides(argv: list[str], config_name: str = "config") -> None:
+    """Exit with status 1 and one line on stderr if the command line's overrides do not compose."""
+    overrides = [arg for arg in argv if not arg.startswith("-")]
+    error = override_error(overrides, config_name)
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
