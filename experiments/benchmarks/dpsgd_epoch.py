@@ -10,7 +10,7 @@ A client's partition of the embedded MNIST (``--examples`` of the 5,000 images),
 The two alternate, one of each per repeat after a warm-up of each; each time printed is the median
 over --repeats and the ratio is the median of the per-repeat ratios.
 
-    python experiments/benchmarks/dpsgd_epoch.py [--model mlp|cnn] [--batch-size B] [--threads N]
+    python -m experiments.benchmarks.dpsgd_epoch [--model mlp|cnn] [--batch-size B] [--threads N]
 """
 
 from __future__ import annotations

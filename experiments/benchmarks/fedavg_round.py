@@ -17,7 +17,7 @@ adds them). The two alternate, one of each per repeat after a warm-up of each, s
 same machine; each time printed is the median over --repeats, the ratio is the median of the
 per-repeat ratios.
 
-    python experiments/benchmarks/fedavg_round.py [--model mlp|cnn] [--repeats N] [--threads N]
+    python -m experiments.benchmarks.fedavg_round [--model mlp|cnn] [--repeats N] [--threads N]
 
 On a CPU shared with other work, --threads 1 gives steadier numbers (see topk_selection.py).
 """

@@ -4,7 +4,7 @@ Random float32 gradients of 1M and 11M entries at 99.9 % sparsity (the paper's f
 time is the median of --repeats runs after warm-up. Selection is also reported in "passes over
 memory": its time divided by that of x.abs().sum(), one read of the gradient.
 
-    python experiments/benchmarks/topk_selection.py [--device cuda|cpu] [--repeats N] [--threads N]
+    python -m experiments.benchmarks.topk_selection [--device cuda|cpu] [--repeats N] [--threads N]
 
 On a CPU shared with other work, --threads 1 gives steadier numbers: a multi-threaded kernel waits
 for its slowest thread, and a descheduled thread costs a whole scheduler slice.
