@@ -9,6 +9,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 CONF = Path(__file__).resolve().parent / "conf"
 
@@ -17,7 +18,7 @@ def override_error(overrides: list[str], config_name: str = "config") -> str | N
     """What is wrong with ``overrides`` against the Hydra config, in one line, or None if they compose."""
     try:
         with initialize_config_dir(str(CONF), version_base="1.3"):
-            compose(config_name, overrides=overrides)
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     except MissingConfigException as err:
         group = (err.missing_cfg_file or "").rpartition("/")[0]
         if err.options and group:
@@ -28,9 +29,20 @@ def override_error(overrides: list[str], config_name: str = "config") -> str | N
         return f"cannot read the override: {first_line(err)}; write key=value"
     except HydraException as err:
         key = str(err).partition("'")[2].partition("'")[0]
-        if key:
+        if key and isinstance(err.__cause__, (ConfigAttributeError, ConfigKeyError)):
             return f"{key} is not a config key{known_keys(key, config_name)}"
         return first_line(err)
+    return unknown_option(cfg.hydra.runtime.choices)
+
+
+def unknown_option(choices: DictConfig) -> str | None:
+    """An option Hydra let through: an optional group (``experiment``) with no such file is silently
+    skipped, and the run would go on with the defaults."""
+    for group, choice in choices.items():
+        if str(group).startswith("hydra") or choice is None or (CONF / str(group) / f"{choice}.yaml").exists():
+            continue
+        options = sorted(path.stem for path in (CONF / str(group)).glob("*.yaml"))
+        return f"{group}={choice!r} is unknown: choose one of {', '.join(options)}"
     return None
 
 
@@ -51,6 +63,8 @@ def first_line(err: Exception) -> str:
 
 def check_overrides(argv: list[str], config_name: str = "config") -> None:
     """Exit with status 1 and one line on stderr if the command line's overrides do not compose."""
+    if "-m" in argv or "--multirun" in argv:  # sweeps are Hydra's to expand
+        return
     overrides = [arg for arg in argv if not arg.startswith("-")]
     error = override_error(overrides, config_name)
     if error is not None:

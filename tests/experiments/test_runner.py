@@ -30,6 +30,7 @@ def run(*overrides, tmp_path):
         (["+dssgd.theta_u=0"], "theta_u=0"),
         (["model=gpt"], "model='gpt' is unknown: choose one of cnn, dssgd_cnn,"),
         (["output_dir=x"], "output_dir is not a config key (known keys: strategy, dataset,"),
+        (["experiment=dgc_mnist_2nn_iid"], "experiment='dgc_mnist_2nn_iid' is unknown: choose one of dgc_cifar10"),
         (["num_rounds"], "cannot read the override: Error parsing override 'num_rounds'"),
         (["seed=-1"], "seed=-1 must be >= 0"),
         (["partition=shards", "shards_per_client=100000"], "shards-per-client=100000 must be >= 1 with at least one"),
