@@ -97,10 +97,10 @@ def _opendp_release(x: torch.Tensor, mechanism: str, scale: float) -> torch.Tens
     """x plus OpenDP's exact Laplace (L1) or Gaussian (L2) noise of this scale, per entry, as x's dtype."""
     dp = _opendp()
     domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
-    if mechanism == "laplace":
-        measurement = dp.m.make_laplace(domain, dp.l1_distance(T=float), scale=scale)
-    else:
-        measurement = dp.m.make_gaussian(domain, dp.l2_distance(T=float), scale=scale)
+    make, distance = {"laplace": (dp.m.make_laplace, dp.l1_distance), "gaussian": (dp.m.make_gaussian, dp.l2_distance)}[
+        mechanism
+    ]
+    measurement = make(domain, distance(T=float), scale=scale)
     flat = x.detach().reshape(-1).cpu().to(torch.float64).tolist()
     released = torch.tensor(measurement(flat) if flat else [], dtype=torch.float64)
     return released.reshape(x.shape).to(dtype=x.dtype, device=x.device)

@@ -7,14 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from flwr_privacy.algorithms.dgc import average_sparse
+from flwr_privacy.algorithms.dgc import DGCConfig, DGCMemory, average_sparse, local_round
 from flwr_privacy.algorithms.dssgd import (
     GAMMA_TOLERANCE,
     DSSGDConfig,
+    DSSGDServer,
     download_indices,
     num_upload,
     overwrite_local,
     participant_upload,
+    select_largest,
     select_random_above_threshold,
     validate_upload,
 )
@@ -23,6 +25,7 @@ from flwr_privacy.compression.base import PayloadError
 
 ONE = [np.ones(3, dtype=np.float32)]
 SPARSE = (torch.tensor([0]), torch.tensor([1.0]))
+SGD_MEMORY = DGCMemory(DGCConfig(local_update="local_sgd"), [3])
 
 
 @pytest.mark.parametrize(
@@ -41,6 +44,14 @@ SPARSE = (torch.tensor([0]), torch.tensor([1.0]))
         (lambda: participant_upload(torch.zeros(2, 2), DSSGDConfig()), "^delta must be a 1-D"),
         (lambda: participant_upload(torch.tensor([float("nan")]), DSSGDConfig()),
          "^delta contains NaN or Inf: local training diverged$"),
+        (lambda: select_largest(torch.zeros(2, 2), 1), "^delta must be a 1-D floating-point tensor$"),
+        (lambda: select_random_above_threshold(torch.zeros(2, 2), 1, 0.0), "^delta must be a 1-D floating-point"),
+        (lambda: DSSGDServer(torch.zeros(3), DSSGDConfig()).decay_counters(1.5),
+         r"^decay factor beta must be in \(0, 1\], got 1.5$"),
+        (lambda: local_round(DGCMemory(DGCConfig(), [3]), torch.zeros_like, torch.zeros(3), 0, 0.1),
+         "^steps=0 must be >= 1$"),
+        (lambda: local_round(SGD_MEMORY, torch.zeros_like, torch.zeros(3), 1, 0.0),
+         "^lr=0.0 must be > 0 for local SGD$"),
     ],
 )
 def test_each_refusal_names_what_is_wrong(call, message):
@@ -129,3 +140,38 @@ def test_overwrite_local_keeps_the_local_dtype():
     updated = overwrite_local(local, torch.tensor([1, 3]), torch.tensor([0.5, -0.25], dtype=torch.float32))
     assert updated.dtype == torch.float64 and updated.tolist() == [0.0, 0.5, 0.0, -0.25]
     assert local.tolist() == [0.0] * 4  # a new tensor: the caller's copy untouched
+
+
+def test_a_random_selection_of_none_selects_none():
+    delta = torch.linspace(-1, 1, 100)
+    assert select_random_above_threshold(delta, 0, 0.5, torch.Generator().manual_seed(0)).tolist() == []
+
+
+def test_counters_may_be_kept_undecayed_and_the_state_is_checked_part_by_part():
+    server = DSSGDServer(torch.zeros(3), DSSGDConfig())
+    server.apply_upload(torch.tensor([1]), torch.tensor([0.001]))
+    server.decay_counters(1.0)  # beta = 1: no decay, allowed
+    assert server.stats.tolist() == [0.0, 1.0, 0.0]
+    good = server.state_dict()
+    for bad, message in [
+        ({**good, "stats": np.zeros(4)}, r"^state shapes params \(3,\), stats \(4,\) do not match \(3,\)$"),
+        ({**good, "params": np.array([0.0, np.nan, 0.0])}, "^state must be finite with non-negative counters$"),
+        ({**good, "stats": np.array([0.0, np.inf, 0.0])}, "^state must be finite with non-negative counters$"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            server.load_state_dict(bad)
+    assert server.stats.tolist() == [0.0, 1.0, 0.0]  # a refused state leaves the server as it was
+
+
+def test_dgc_sampled_selection_draws_from_the_clients_generator_only():
+    """The sampled threshold (the default) takes its sample from the generator it is given, so a client's
+    selection is reproducible from its own seed; exact top-k draws nothing."""
+    for selection, draws in (("sampled", True), ("topk", False)):
+        memory = DGCMemory(DGCConfig(selection=selection), [20_000])
+        memory.accumulate(torch.linspace(-1, 1, 20_000))
+        generator = torch.Generator().manual_seed(3)
+        before, global_before = generator.get_state(), torch.get_rng_state()
+        indices, _ = memory.compress_and_mask(0.999, generator)
+        assert indices.numel() == 20
+        assert torch.equal(torch.get_rng_state(), global_before)
+        assert torch.equal(generator.get_state(), before) is not draws, selection

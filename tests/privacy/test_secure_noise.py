@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 import torch
 from flwr.common import parameters_to_ndarrays
+from scipy import stats
 
-from flwr_privacy.privacy import gaussian_mechanism, laplace_mechanism, laplace_noise, svt_above_threshold
+from flwr_privacy.privacy import (
+    gaussian_mechanism,
+    gaussian_noise,
+    laplace_mechanism,
+    laplace_noise,
+    svt_above_threshold,
+    svt_dssgd,
+)
 
 
 def dssgd_upload(tmp_path, **dssgd):
@@ -85,3 +93,18 @@ def test_the_svt_order_may_be_seeded_while_its_noise_stays_secure():
     assert torch.equal(seeded[0].indices, seeded[1].indices) and torch.equal(seeded[0].values, seeded[1].values)
 
 
+
+
+@pytest.mark.parametrize("svt", [svt_above_threshold, svt_dssgd])
+def test_both_svts_keep_their_noise_secure_when_only_the_order_is_seeded(svt):
+    values = torch.linspace(0, 1, 200)
+    runs = [svt(values, 0.5, 10, 1.0, 0.1, torch.Generator().manual_seed(3), noise_generator=None) for _ in range(2)]
+    assert not torch.equal(runs[0].values, runs[1].values)
+
+
+def test_secure_gaussian_noise_is_normal_with_the_given_std():
+    """The Box-Muller draw from secure uniforms (the SVT's compared noise) against N(0, 2^2)."""
+    noise = gaussian_noise(200_000, 2.0).numpy()
+    assert abs(noise.mean()) < 5 * 2.0 / np.sqrt(len(noise))
+    assert noise.std() == pytest.approx(2.0, rel=0.01)
+    assert stats.kstest(noise / 2.0, "norm").pvalue > 1e-4
