@@ -175,3 +175,13 @@ def test_dgc_sampled_selection_draws_from_the_clients_generator_only():
         assert indices.numel() == 20
         assert torch.equal(torch.get_rng_state(), global_before)
         assert torch.equal(generator.get_state(), before) is not draws, selection
+
+
+def test_tensors_sent_whole_keep_no_client_momentum():
+    """Their momentum is the server's (the reference code's convention): u stays 0 there, so the client's
+    saved state holds nothing for them."""
+    memory = DGCMemory(DGCConfig(dense_below=5, momentum=0.9), [30, 3])
+    for _ in range(3):
+        memory.accumulate(torch.ones(33))
+    u = memory.state_dict()["u"]
+    assert (u[30:] == 0).all() and (u[:30] > 0).all()

@@ -71,9 +71,33 @@ def test_sampled_threshold_is_reproducible_with_a_generator() -> None:
     assert torch.equal(first[0], again[0])
 
 
-def test_sample_ratio_outside_range_is_rejected() -> None:
-    with pytest.raises(ValueError, match="sample_ratio"):
-        select_sampled_threshold(torch.randn(10), 1, sample_ratio=0.0)
+@pytest.mark.parametrize("ratio", [0.0, -0.1, 1.5, float("nan")])
+def test_sample_ratio_outside_range_is_rejected(ratio: float) -> None:
+    with pytest.raises(ValueError, match=r"^sample_ratio=.* is invalid: must be in \(0, 1\]$"):
+        select_sampled_threshold(torch.randn(10), 1, sample_ratio=ratio)
+
+
+def test_a_sample_of_everything_is_allowed_and_exact() -> None:
+    x = torch.randn(5_000, generator=_gen(1))
+    indices, _ = select_sampled_threshold(x, 7, sample_ratio=1.0)
+    assert set(indices.tolist()) == set(select_topk(x, 7)[0].tolist())
+
+
+def test_nothing_asked_of_a_long_vector_is_nothing_sent() -> None:
+    indices, values = select_sampled_threshold(torch.randn(100_000, generator=_gen(2)), 0, generator=_gen(0))
+    assert indices.numel() == 0 and values.numel() == 0
+
+
+def test_sampled_threshold_falls_back_to_exact_topk_when_every_refinement_is_too_high() -> None:
+    """990 ones among 200,000 zeros and k = 1,000: a sample of 1,000 that holds twice its expected 5 ones
+    (seed 5 does) sets the threshold at 1, which no decay brings below the ones' level, so fewer than k
+    ever pass; the rule must still send exactly the top k (the 990 ones and 10 zeros), not fewer."""
+    x = torch.zeros(200_000)
+    ones = torch.arange(0, 200_000, 200_000 // 990)[:990]
+    x[ones] = 1.0
+    indices, values = select_sampled_threshold(x, 1_000, sample_ratio=0.005, generator=_gen(5))
+    assert sorted(indices.tolist()) == sorted(select_topk(x, 1_000)[0].tolist())
+    assert set(ones.tolist()) <= set(indices.tolist()) and values.sum() == 990
 
 
 # --- codec ----------------------------------------------------------------------------------------
@@ -120,9 +144,10 @@ def test_payload_bytes_equal_k_times_index_plus_value_bytes(numel: int, value_dt
     assert payload_nbytes(arrays) == k * per_entry
 
 
-def test_densify_puts_values_at_indices_and_zeros_elsewhere() -> None:
-    dense = SparseCodec(numel=5).densify(torch.tensor([4, 1]), torch.tensor([2.0, -3.0]))
-    assert dense.tolist() == [0.0, -3.0, 0.0, 0.0, 2.0]
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_densify_puts_values_at_indices_and_zeros_elsewhere(dtype: torch.dtype) -> None:
+    dense = SparseCodec(numel=5).densify(torch.tensor([4, 1]), torch.tensor([2.0, -3.0], dtype=dtype))
+    assert dense.tolist() == [0.0, -3.0, 0.0, 0.0, 2.0] and dense.dtype == dtype
 
 
 @pytest.mark.parametrize("index_dtype", [np.int8, np.int32, np.int64, np.uint8, np.uint64])
