@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from flwr_privacy.algorithms.dgc import DGCConfig, DGCMemory, average_sparse, local_round
+from flwr_privacy.algorithms.dgc import (
+    DGCConfig,
+    DGCMemory,
+    DGCServer,
+    average_sparse,
+    dense_tensors,
+    kept_count,
+    local_round,
+)
 from flwr_privacy.algorithms.dssgd import (
     GAMMA_TOLERANCE,
     DSSGDConfig,
@@ -50,6 +58,8 @@ SGD_MEMORY = DGCMemory(DGCConfig(local_update="local_sgd"), [3])
          r"^decay factor beta must be in \(0, 1\], got 1.5$"),
         (lambda: local_round(DGCMemory(DGCConfig(), [3]), torch.zeros_like, torch.zeros(3), 0, 0.1),
          "^steps=0 must be >= 1$"),
+        (lambda: DGCConfig().lr_at(0, 0.1), "^server_round=0 is invalid: must be >= 1$"),
+        (lambda: DGCServer(torch.zeros(5), [(2, 2)], DGCConfig(), 0.1), "^shapes cover 4 entries, the weights have 5$"),
         (lambda: local_round(SGD_MEMORY, torch.zeros_like, torch.zeros(3), 1, 0.0),
          "^lr=0.0 must be > 0 for local SGD$"),
     ],
@@ -185,3 +195,17 @@ def test_tensors_sent_whole_keep_no_client_momentum():
         memory.accumulate(torch.ones(33))
     u = memory.state_dict()["u"]
     assert (u[30:] == 0).all() and (u[:30] > 0).all()
+
+
+def test_dgc_sizes_at_their_boundaries():
+    assert kept_count(10, 0.75) == 3  # ceil(2.5), not Python's round-half-even 2
+    assert kept_count(1000, 0.999) == 1  # (1 - 0.999) * 1000 is 1.0000000000000009: still 1
+    # dense_below: tensors with fewer entries travel whole; one with exactly that many is compressed
+    assert dense_tensors([(2, 5), (3, 3), (7,)], DGCConfig(dense_below=10)) == [False, True, True]
+
+
+def test_a_server_step_without_a_round_is_round_one():
+    """During the learning-rate warm-up round 1 steps at lr / warm-up rounds."""
+    config = DGCConfig(lr_warmup_rounds=4)
+    server = DGCServer(torch.zeros(4), [(2, 2)], config, lr=1.0)
+    assert torch.allclose(server.step(torch.ones(4)), torch.full((4,), -0.25))

@@ -11,6 +11,7 @@ import torch
 from flwr_privacy.algorithms.dgc import DGCConfig, DGCMemory, average_sparse
 from flwr_privacy.algorithms.dssgd import download_indices, overwrite_local
 from flwr_privacy.compression import SparseCodec
+from flwr_privacy.privacy import gaussian_mechanism, laplace_mechanism
 
 META = torch.device("meta")
 
@@ -33,3 +34,9 @@ def test_dssgd_steps_keep_the_parameters_device():
     local = torch.zeros(5, device=META)
     assert overwrite_local(local, torch.tensor([1]), torch.ones(1)).device == META
     assert download_indices(torch.zeros(5, device=META), 1.0).device == META
+
+
+def test_seeded_noise_is_added_on_the_values_device():
+    x = torch.zeros(4, device=META)
+    assert laplace_mechanism(x, 1.0, 1.0, torch.Generator().manual_seed(0)).device == META
+    assert gaussian_mechanism(x, 1.0, 0.5, 1e-5, torch.Generator().manual_seed(0)).device == META

@@ -108,3 +108,14 @@ def test_secure_gaussian_noise_is_normal_with_the_given_std():
     assert abs(noise.mean()) < 5 * 2.0 / np.sqrt(len(noise))
     assert noise.std() == pytest.approx(2.0, rel=0.01)
     assert stats.kstest(noise / 2.0, "norm").pvalue > 1e-4
+
+
+def test_seeded_mechanisms_add_exactly_the_noise_their_generator_draws():
+    """What "replayable" means: whoever holds the seed recomputes the noise (the reason seeded noise is for
+    tests only)."""
+    x = torch.linspace(-1, 1, 50, dtype=torch.float64)
+    sigma = np.sqrt(2 * np.log(1.25 / 1e-5)) / 0.5
+    out = gaussian_mechanism(x, 1.0, 0.5, 1e-5, torch.Generator().manual_seed(9))
+    assert torch.allclose(out - x, gaussian_noise(50, sigma, torch.Generator().manual_seed(9), torch.float64))
+    out = laplace_mechanism(x, 2.0, 4.0, torch.Generator().manual_seed(9))
+    assert torch.allclose(out - x, laplace_noise(50, 0.5, torch.Generator().manual_seed(9), torch.float64))
