@@ -209,7 +209,7 @@ def decayed_tensors(shapes: Sequence[Sequence[int]]) -> list[bool]:
     return [len(shape) > 1 for shape in shapes]
 
 
-def per_entry(flags: Sequence[bool], segments: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+def per_entry(flags: Sequence[bool], segments: Sequence[int], device: torch.device | str) -> torch.Tensor:
     """A per-tensor flag spread over the flat vector's entries."""
     return torch.repeat_interleave(
         torch.tensor(list(flags), dtype=torch.bool), torch.tensor(list(segments), dtype=torch.long)

@@ -269,7 +269,7 @@ def validate_upload(
     vals = _as_numpy("values", values)
     if idx.shape != vals.shape:
         raise PayloadError(f"{idx.size} indices but {vals.size} values")
-    if idx.dtype.kind not in "iu":
+    if idx.dtype.kind not in ("i", "u"):
         raise PayloadError(f"indices must be integers, got dtype {idx.dtype}")
     if vals.dtype.kind != "f":
         raise PayloadError(f"values must be floating point, got dtype {vals.dtype}")

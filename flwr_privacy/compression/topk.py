@@ -142,7 +142,7 @@ class SparseCodec:
                 raise PayloadError(f"{name}: expected a NumPy array, got {type(array).__name__}")
             if array.ndim != 1:
                 raise PayloadError(f"{name}: expected a 1-D array, got shape {array.shape}")
-        if indices.dtype.kind not in "iu":
+        if indices.dtype.kind not in ("i", "u"):
             raise PayloadError(f"indices: expected an integer dtype, got {indices.dtype}")
         if values.dtype != np.dtype(self.value_dtype):
             raise PayloadError(f"values: expected dtype {self.value_dtype}, got {values.dtype}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from flwr_privacy.algorithms.dgc import DGCConfig, DGCMemory, average_sparse
+from flwr_privacy.algorithms.dgc import DGCConfig, DGCMemory, DGCServer, average_sparse
 from flwr_privacy.algorithms.dssgd import download_indices, overwrite_local
 from flwr_privacy.compression import SparseCodec
 from flwr_privacy.privacy import gaussian_mechanism, laplace_mechanism
@@ -22,6 +22,12 @@ def test_dgc_memory_lives_on_its_device_and_takes_gradients_from_elsewhere():
     memory.accumulate(torch.ones(33))  # a gradient computed on the CPU
     indices, values = memory.compress(0.9)
     assert memory.v.device == indices.device == values.device == META
+
+
+def test_the_dgc_server_steps_on_its_weights_device():
+    config = DGCConfig(weight_decay=1e-4, momentum=0.9)
+    server = DGCServer(torch.zeros(7, device=META), [(2, 3), (1,)], config, lr=0.1)
+    assert server.step(torch.ones(7, device=META)).device == META
 
 
 def test_the_server_side_average_and_densify_stay_on_the_values_device():

@@ -150,3 +150,53 @@ def test_target_epsilon_gives_the_noise_that_spends_it():
     accountant = RDPAccountant()
     accountant.history = [(sigma, 50 / 6000, 20 * 120)]
     assert accountant.get_epsilon(1e-5) == pytest.approx(3.0, rel=0.02)
+
+
+def private_epochs(seed=0, epochs=1, momentum=0.0, weight_decay=0.0, loss_fn=None):
+    """A tiny model after train_epochs_private with seeded (replayable, test-only) noise: its weights and the
+    steps it reports."""
+    from flwr_privacy.privacy.dpsgd import train_epochs_private
+
+    torch.manual_seed(1)
+    model = linear()
+    features = torch.randn(60, 1, 1, 8, generator=torch.Generator().manual_seed(2))
+    tensors = TensorData(features, torch.randint(0, 3, (60,), generator=torch.Generator().manual_seed(3)))
+    config = DPSGDConfig(enabled=True, noise_multiplier=0.5, insecure_seeded_noise=True)
+    steps = train_epochs_private(
+        model, tensors, epochs, 0.5, momentum, weight_decay, 20, config, torch.device("cpu"),
+        torch.Generator().manual_seed(seed), loss_fn,
+    )
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]), steps
+
+
+def test_private_epochs_take_their_steps_with_the_given_loss_optimizer_and_generator():
+    weights, steps = private_epochs()
+    assert steps == 3 and private_epochs(epochs=2)[1] == 6  # ceil(60 / 20) lots an epoch
+    assert torch.equal(private_epochs()[0], weights)  # seeded: the same generator, the same model
+    assert not torch.equal(private_epochs(seed=1)[0], weights)  # ... and it is the generator's
+    assert not torch.equal(private_epochs(momentum=0.9)[0], weights)
+    assert not torch.equal(private_epochs(weight_decay=0.5)[0], weights)
+    calls = []
+
+    def loss_fn(outputs, labels):
+        calls.append(len(labels))
+        return torch.nn.functional.cross_entropy(outputs, labels)
+
+    private_epochs(loss_fn=loss_fn)
+    assert len(calls) == sum(1 for n in calls if n > 0) >= 2  # every non-empty lot through the user's loss
+
+
+@pytest.mark.parametrize(
+    "batch_size, min_examples, local_epochs", [(0, 10, 1), (5, 0, 1), (5, 10, 0)]
+)
+def test_a_plan_needs_a_lot_examples_and_an_epoch(batch_size, min_examples, local_epochs):
+    config = DPSGDConfig(enabled=True)
+    with pytest.raises(ValueError, match="^a DP-SGD plan needs batch-size, min-examples and local-epochs >= 1"):
+        DPSGDPlan(config, batch_size, min_examples, local_epochs)
+
+
+def test_a_plan_travels_to_the_client_whole():
+    plan = DPSGDPlan(DPSGDConfig(enabled=True, noise_multiplier=0.7), 1, 50, local_epochs=3)
+    assert DPSGDPlan.from_settings(plan.settings(), 50) == plan
+    steps = DPSGDPlan(DPSGDConfig(enabled=True), 10, 50, local_steps=4)
+    assert DPSGDPlan.from_settings(steps.settings(), 50) == steps
