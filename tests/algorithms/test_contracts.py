@@ -20,6 +20,7 @@ from flwr_privacy.algorithms.dssgd import (
     GAMMA_TOLERANCE,
     DSSGDConfig,
     DSSGDServer,
+    compute_change,
     download_indices,
     num_upload,
     overwrite_local,
@@ -53,6 +54,11 @@ SGD_MEMORY = DGCMemory(DGCConfig(local_update="local_sgd"), [3])
         (lambda: participant_upload(torch.tensor([float("nan")]), DSSGDConfig()),
          "^delta contains NaN or Inf: local training diverged$"),
         (lambda: select_largest(torch.zeros(2, 2), 1), "^delta must be a 1-D floating-point tensor$"),
+        (lambda: compute_change(torch.zeros(2, 2), torch.zeros(4)), "^before must be a 1-D floating-point tensor$"),
+        (lambda: compute_change(torch.zeros(4), torch.zeros(2, 2)), "^after must be a 1-D floating-point tensor$"),
+        (lambda: DSSGDServer(torch.zeros(2, 2), DSSGDConfig()), "^params must be a 1-D floating-point tensor$"),
+        (lambda: DSSGDServer(torch.tensor([0.0, float("inf")]), DSSGDConfig()), "^initial params must be finite$"),
+        (lambda: num_upload(0.5, True), "^number of parameters must be an int >= 1, got True$"),
         (lambda: select_random_above_threshold(torch.zeros(2, 2), 1, 0.0), "^delta must be a 1-D floating-point"),
         (lambda: DSSGDServer(torch.zeros(3), DSSGDConfig()).decay_counters(1.5),
          r"^decay factor beta must be in \(0, 1\], got 1.5$"),
@@ -212,3 +218,11 @@ def test_a_server_step_without_a_round_is_round_one():
     config = DGCConfig(lr_warmup_rounds=4)
     server = DGCServer(torch.zeros(4), [(2, 2)], config, lr=1.0)
     assert torch.allclose(server.step(torch.ones(4)), torch.full((4,), -0.25))
+
+
+def test_the_server_keeps_float32_parameters_and_float64_counters_through_a_restore():
+    server = DSSGDServer(torch.zeros(3), DSSGDConfig())
+    assert server.stats.dtype == torch.float64  # counters are sums of many small decays: float64
+    server.load_state_dict({"params": np.ones(3, dtype=np.float64), "stats": np.ones(3, dtype=np.float32)})
+    assert server.params.dtype == torch.float32 and server.stats.dtype == torch.float64
+    assert download_indices(torch.zeros(30), 0.1).numel() == 3  # 0.1 * 30 in floating point is not 4

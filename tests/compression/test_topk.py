@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from flwr_privacy.compression import PayloadError, SparseCodec, payload_nbytes, select_sampled_threshold, select_topk
+from flwr_privacy.compression.topk import index_dtype_for
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -204,3 +205,31 @@ def test_a_payload_naming_every_entry_once_is_accepted() -> None:
     """DSSGD at theta_u = 1 uploads all c = numel entries: the bound is more than numel, not numel."""
     indices, values = SparseCodec(numel=10).decode(_payload(list(range(10)), [1.0] * 10))
     assert indices.tolist() == list(range(10)) and values.tolist() == [1.0] * 10
+
+
+def test_codec_sizes_are_plain_ints_and_bools_are_not_sizes() -> None:
+    codec = SparseCodec(numel=np.int64(5))
+    assert type(codec.numel) is int and codec.numel == 5
+    with pytest.raises(ValueError, match=r"^numel=True is invalid: must be an integer >= 1$"):
+        SparseCodec(numel=True)
+    with pytest.raises(ValueError, match=r"^numel=18446744073709551617 does not fit in uint64 indices$"):
+        index_dtype_for(2**64 + 1)
+
+
+def test_encode_refuses_an_index_past_the_end() -> None:
+    with pytest.raises(ValueError, match=r"^indices must lie in \[0, 5\), got \[0, 5\]$"):
+        SparseCodec(numel=5).encode(torch.tensor([0, 5]), torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"^indices must lie in \[0, 5\), got \[-1, 2\]$"):
+        SparseCodec(numel=5).encode(torch.tensor([-1, 2]), torch.tensor([1.0, 2.0]))
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ([np.array([1, 1], np.uint8), np.zeros(2, np.float32)], "^indices: duplicate indices$"),
+        ([np.array([1], np.uint8), np.array([np.nan], np.float32)], "^values: contains NaN or Inf$"),
+    ],
+)
+def test_decode_names_the_reason_exactly(arrays: list, message: str) -> None:
+    with pytest.raises(PayloadError, match=message):
+        SparseCodec(numel=5).decode(arrays)

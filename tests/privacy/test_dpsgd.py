@@ -200,3 +200,28 @@ def test_a_plan_travels_to_the_client_whole():
     assert DPSGDPlan.from_settings(plan.settings(), 50) == plan
     steps = DPSGDPlan(DPSGDConfig(enabled=True), 10, 50, local_steps=4)
     assert DPSGDPlan.from_settings(steps.settings(), 50) == steps
+
+
+def test_a_plan_of_one_example_or_one_step_is_allowed_and_zero_steps_is_not():
+    config = DPSGDConfig(enabled=True)
+    assert DPSGDPlan(config, 1, 1, local_steps=1).steps(1) == 1
+    with pytest.raises(ValueError, match="^local-steps=0 must be >= 1$"):
+        DPSGDPlan(config, 1, 1, local_steps=0)
+    assert round_steps(50, 100) == 2  # one epoch unless told
+
+
+def test_a_minimal_instruction_reads_as_one_epoch_and_no_instruction_as_no_dp_sgd():
+    assert DPSGDPlan.from_settings({}, 50) is None
+    plan = DPSGDPlan.from_settings({"dpsgd.enabled": True, "dpsgd_batch_size": 10}, 50)
+    assert plan is not None and plan.local_epochs == 1 and plan.local_steps is None
+
+
+def test_only_dp_accountings_fractional_order_notices_are_silenced():
+    import logging
+
+    from flwr_privacy.privacy.dpsgd import _FractionalOrderNotice
+
+    notice = _FractionalOrderNotice()
+    record = logging.LogRecord("absl", logging.WARNING, "", 0, "RDP order 1.5: failed to converge", None, None)
+    other = logging.LogRecord("absl", logging.WARNING, "", 0, "something else", None, None)
+    assert notice.filter(record) is False and notice.filter(other) is True

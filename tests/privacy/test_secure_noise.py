@@ -119,3 +119,10 @@ def test_seeded_mechanisms_add_exactly_the_noise_their_generator_draws():
     assert torch.allclose(out - x, gaussian_noise(50, sigma, torch.Generator().manual_seed(9), torch.float64))
     out = laplace_mechanism(x, 2.0, 4.0, torch.Generator().manual_seed(9))
     assert torch.allclose(out - x, laplace_noise(50, 0.5, torch.Generator().manual_seed(9), torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_released_values_keep_their_dtype(dtype):
+    x = torch.zeros(4, dtype=dtype)
+    assert laplace_mechanism(x, 1.0, 1.0).dtype == dtype
+    assert gaussian_mechanism(x, 1.0, 0.5, 1e-5).dtype == dtype
