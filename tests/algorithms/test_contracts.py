@@ -226,3 +226,52 @@ def test_the_server_keeps_float32_parameters_and_float64_counters_through_a_rest
     server.load_state_dict({"params": np.ones(3, dtype=np.float64), "stats": np.ones(3, dtype=np.float32)})
     assert server.params.dtype == torch.float32 and server.stats.dtype == torch.float64
     assert download_indices(torch.zeros(30), 0.1).numel() == 3  # 0.1 * 30 in floating point is not 4
+
+
+NO_MASKING = {"momentum_masking": False}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"momentum": 1.0}, "momentum=1.0 is invalid: must be in [0, 1)"),
+        ({"weight_decay": -0.1}, "weight_decay=-0.1 is invalid: must be >= 0"),
+        ({"clip_norm": -1.0}, "clip_norm=-1.0 is invalid: must be None (no clipping) or a finite number > 0"),
+        ({"clip_norm": float("inf")}, "clip_norm=inf is invalid: must be None (no clipping) or a finite number > 0"),
+        ({"num_workers": 0}, "num_workers=0 is invalid: must be an integer >= 1"),
+        ({"final_sparsity": 1.0}, "final_sparsity=1.0 is invalid: must be in [0, 1)"),
+        ({"warmup_rounds_per_stage": 0}, "warmup_rounds_per_stage=0 is invalid: must be an integer >= 1"),
+        ({"selection": "best"}, "selection='best' is invalid: allowed: ('topk', 'sampled')"),
+        ({"sample_ratio": 0.0}, "sample_ratio=0.0 is invalid: must be in (0, 1]"),
+        ({"dense_below": -1}, "dense_below=-1 is invalid: must be an integer >= 0"),
+        ({"local_update": "fedprox"}, "local_update='fedprox' is invalid: allowed: ('accumulate', 'local_sgd')"),
+        ({"lr_schedule": "linear"}, "lr_schedule='linear' is invalid: allowed: ('constant', 'cosine', 'step')"),
+        ({"lr_warmup_rounds": -1}, "lr_warmup_rounds=-1 is invalid: must be an integer >= 0"),
+        ({"lr_total_rounds": True}, "lr_total_rounds=True is invalid: must be an integer >= 0"),
+        ({"lr_schedule": "cosine", "lr_warmup_rounds": 5, "lr_total_rounds": 5},
+         "lr_total_rounds=5 is invalid: cosine needs more rounds than lr_warmup_rounds"),
+        ({"lr_milestones": "3,2"}, "lr_milestones=(3, 2) is invalid: must be increasing round numbers >= 1"),
+        ({"lr_milestones": "0"}, "lr_milestones=(0,) is invalid: must be increasing round numbers >= 1"),
+        ({"lr_milestones": "a"}, "lr_milestones='a' is invalid:"),
+        ({"lr_gamma": 1.5}, "lr_gamma=1.5 is invalid: must be in (0, 1]"),
+        ({"warmup_sparsities": "0.5,1.0"}, "warmup_sparsities=(0.5, 1.0) is invalid: every entry must be in [0, 1)"),
+        ({"warmup_sparsities": "0.9,0.5"},
+         "warmup_sparsities=(0.9, 0.5) is invalid: must be non-decreasing and end at or below final_sparsity=0.999"),
+        ({"momentum": 0.0}, "momentum_correction=True is invalid: needs momentum > 0: there is no momentum to correct"),
+        ({"momentum_correction": False},
+         "momentum_masking=True is invalid: needs momentum_correction=True: without it the client keeps no"),
+        ({"local_accumulation": False}, "momentum_masking=True is invalid: needs local_accumulation=True: masking"),
+    ],
+)
+def test_each_dgc_setting_is_refused_with_its_value_and_what_is_allowed(kwargs, message):
+    with pytest.raises(ValueError) as refused:
+        DGCConfig(**kwargs)
+    assert str(refused.value).startswith(f"DGCConfig.{message}")
+
+
+def test_dgc_boundaries_that_are_allowed():
+    assert DGCConfig(momentum=0.0, momentum_correction=False, **NO_MASKING).momentum == 0.0
+    assert DGCConfig(weight_decay=0.0, dense_below=0, sample_ratio=1.0, lr_gamma=1.0).lr_gamma == 1.0
+    assert DGCConfig(clip_norm=1e-9, lr_warmup_rounds=0, lr_total_rounds=0).clip_norm == 1e-9
+    assert DGCConfig(clip_norm=0).clip_norm is None  # 0: no clipping
+    assert DGCConfig(warmup_sparsities="0.5,0.5,0.999", lr_milestones="1,2").lr_milestones == (1, 2)
