@@ -126,3 +126,11 @@ def test_released_values_keep_their_dtype(dtype):
     x = torch.zeros(4, dtype=dtype)
     assert laplace_mechanism(x, 1.0, 1.0).dtype == dtype
     assert gaussian_mechanism(x, 1.0, 0.5, 1e-5).dtype == dtype
+
+
+def test_secure_laplace_noise_is_laplace_with_the_given_scale():
+    """E1 - E2 from secure uniforms (the SVT's compared noise) against Lap(0, 0.5)."""
+    noise = laplace_noise(200_000, 0.5).numpy()
+    assert abs(noise.mean()) < 5 * 0.5 * np.sqrt(2) / np.sqrt(len(noise))
+    assert noise.std() == pytest.approx(0.5 * np.sqrt(2), rel=0.01)
+    assert stats.kstest(noise, "laplace", args=(0, 0.5)).pvalue > 1e-4
