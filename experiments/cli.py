@@ -47,7 +47,8 @@ def unknown_option(choices: DictConfig) -> str | None:
 
 
 def known_keys(key: str, config_name: str) -> str:
-    """", known keys under <parent>: ..." for a key that does not exist, from the config without overrides."""
+    """The " (known keys under <parent>: ...)" suffix for a key that does not exist, from the config
+    without overrides."""
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose(config_name)
     parent, _, _ = key.rpartition(".")
