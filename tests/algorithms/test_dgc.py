@@ -202,33 +202,59 @@ def test_no_warmup_means_final_sparsity_from_the_start() -> None:
     assert DGCConfig(warmup_sparsities=(), final_sparsity=0.9).sparsity_at(0) == 0.9
 
 
+NO_MASKING = {"momentum_masking": False}
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    "kwargs, message",
     [
-        ({"momentum": 1.0}, r"momentum=1.0 is invalid: must be in \[0, 1\)"),
-        ({"momentum": -0.1}, "momentum"),
-        ({"weight_decay": -1.0}, "weight_decay"),
-        ({"clip_norm": -1.0}, "clip_norm"),
-        ({"clip_norm": float("inf")}, "clip_norm"),
-        ({"warmup_sparsities": "0.5,x"}, "comma-separated numbers"),
-        ({"num_workers": 0}, "num_workers"),
-        ({"final_sparsity": 1.0}, r"final_sparsity=1.0 is invalid: must be in \[0, 1\)"),
-        ({"final_sparsity": -0.1}, "final_sparsity"),
-        ({"warmup_sparsities": (0.5, 1.0)}, r"every entry must be in \[0, 1\)"),
-        ({"warmup_sparsities": (0.9, 0.5)}, "non-decreasing"),
-        ({"warmup_sparsities": (0.5, 0.9), "final_sparsity": 0.8}, "at or below final_sparsity"),
-        ({"warmup_rounds_per_stage": 0}, "warmup_rounds_per_stage"),
-        ({"selection": "random"}, "selection"),
-        ({"sample_ratio": 0.0}, "sample_ratio"),
-        ({"dense_below": -1}, "dense_below"),
-        ({"momentum": 0.0}, "momentum_correction=True is invalid: needs momentum > 0"),
-        ({"momentum_correction": False}, "momentum_masking=True is invalid: needs momentum_correction=True"),
-        ({"local_accumulation": False}, "momentum_masking=True is invalid: needs local_accumulation=True"),
+        ({"momentum": 1.0}, "momentum=1.0 is invalid: must be in [0, 1)"),
+        ({"weight_decay": -0.1}, "weight_decay=-0.1 is invalid: must be >= 0"),
+        ({"clip_norm": -1.0}, "clip_norm=-1.0 is invalid: must be None (no clipping) or a finite number > 0"),
+        ({"clip_norm": float("inf")}, "clip_norm=inf is invalid: must be None (no clipping) or a finite number > 0"),
+        ({"num_workers": 0}, "num_workers=0 is invalid: must be an integer >= 1"),
+        ({"final_sparsity": 1.0}, "final_sparsity=1.0 is invalid: must be in [0, 1)"),
+        ({"warmup_rounds_per_stage": 0}, "warmup_rounds_per_stage=0 is invalid: must be an integer >= 1"),
+        ({"selection": "best"}, "selection='best' is invalid: allowed: ('topk', 'sampled')"),
+        ({"sample_ratio": 0.0}, "sample_ratio=0.0 is invalid: must be in (0, 1]"),
+        ({"dense_below": -1}, "dense_below=-1 is invalid: must be an integer >= 0"),
+        ({"local_update": "fedprox"}, "local_update='fedprox' is invalid: allowed: ('accumulate', 'local_sgd')"),
+        ({"lr_schedule": "linear"}, "lr_schedule='linear' is invalid: allowed: ('constant', 'cosine', 'step')"),
+        ({"lr_warmup_rounds": -1}, "lr_warmup_rounds=-1 is invalid: must be an integer >= 0"),
+        ({"lr_total_rounds": True}, "lr_total_rounds=True is invalid: must be an integer >= 0"),
+        ({"lr_schedule": "cosine", "lr_warmup_rounds": 5, "lr_total_rounds": 5},
+         "lr_total_rounds=5 is invalid: cosine needs more rounds than lr_warmup_rounds"),
+        ({"lr_milestones": "3,2"}, "lr_milestones=(3, 2) is invalid: must be increasing round numbers >= 1"),
+        ({"lr_milestones": "0"}, "lr_milestones=(0,) is invalid: must be increasing round numbers >= 1"),
+        ({"lr_milestones": "a"}, "lr_milestones='a' is invalid:"),
+        ({"lr_gamma": 1.5}, "lr_gamma=1.5 is invalid: must be in (0, 1]"),
+        ({"warmup_sparsities": "0.5,1.0"}, "warmup_sparsities=(0.5, 1.0) is invalid: every entry must be in [0, 1)"),
+        ({"warmup_sparsities": "0.9,0.5"},
+         "warmup_sparsities=(0.9, 0.5) is invalid: must be non-decreasing and end at or below final_sparsity=0.999"),
+        ({"momentum": -0.1}, "momentum=-0.1 is invalid: must be in [0, 1)"),
+        ({"final_sparsity": -0.1}, "final_sparsity=-0.1 is invalid: must be in [0, 1)"),
+        ({"selection": "random"}, "selection='random' is invalid: allowed: ('topk', 'sampled')"),
+        ({"warmup_sparsities": "0.5,x"}, "warmup_sparsities='0.5,x' is invalid: must be comma-separated numbers"),
+        ({"warmup_sparsities": (0.5, 0.9), "final_sparsity": 0.8},
+         "warmup_sparsities=(0.5, 0.9) is invalid: must be non-decreasing and end at or below final_sparsity=0.8"),
+        ({"momentum": 0.0}, "momentum_correction=True is invalid: needs momentum > 0: there is no momentum to correct"),
+        ({"momentum_correction": False},
+         "momentum_masking=True is invalid: needs momentum_correction=True: without it the client keeps no"),
+        ({"local_accumulation": False}, "momentum_masking=True is invalid: needs local_accumulation=True: masking"),
     ],
 )
-def test_bad_config_raises_naming_key_and_value(kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+def test_each_dgc_setting_is_refused_with_its_value_and_what_is_allowed(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError) as refused:
         DGCConfig(**kwargs)
+    assert str(refused.value).startswith(f"DGCConfig.{message}")
+
+
+def test_dgc_boundaries_that_are_allowed() -> None:
+    assert DGCConfig(momentum=0.0, momentum_correction=False, **NO_MASKING).momentum == 0.0
+    assert DGCConfig(weight_decay=0.0, dense_below=0, sample_ratio=1.0, lr_gamma=1.0).lr_gamma == 1.0
+    assert DGCConfig(clip_norm=1e-9, lr_warmup_rounds=0, lr_total_rounds=0).clip_norm == 1e-9
+    assert DGCConfig(clip_norm=0).clip_norm is None  # 0: no clipping
+    assert DGCConfig(warmup_sparsities="0.5,0.5,0.999", lr_milestones="1,2").lr_milestones == (1, 2)
 
 
 def test_sparsity_at_negative_round_is_rejected() -> None:
