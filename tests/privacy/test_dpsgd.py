@@ -16,6 +16,7 @@ from flwr_privacy.privacy.dpsgd import (
     check_private_model,
     make_private_model,
     noise_for_target,
+    noise_generators,
     round_steps,
 )
 
@@ -82,6 +83,19 @@ def test_noise_and_sampling_are_secret_unless_the_insecure_switch_is_on():
     assert not torch.equal(first, second)
     insecure = DPSGDConfig(enabled=True, insecure_seeded_noise=True)
     assert torch.equal(one_step(linear(), data(), insecure, seed=7)[0], one_step(linear(), data(), insecure, seed=7)[0])
+
+
+@pytest.mark.parametrize("insecure", [False, True])
+def test_the_lot_sample_and_the_noise_come_from_two_streams_secret_unless_the_insecure_switch_is_on(insecure):
+    """One seed for both would make the Poisson sample and the noise draw from the same stream; a seed taken
+    from the client's generator is one a server replaying the run knows."""
+    config = DPSGDConfig(enabled=True, insecure_seeded_noise=insecure)
+    seeds = [
+        [g.initial_seed() for g in noise_generators(config, torch.Generator().manual_seed(7), torch.device("cpu"))]
+        for _ in range(2)
+    ]
+    assert seeds[0][0] != seeds[0][1]  # sampling, noise
+    assert (seeds[0][0] == seeds[1][0]) is insecure and (seeds[0][1] == seeds[1][1]) is insecure
 
 
 @pytest.mark.parametrize("insecure", [False, True])
