@@ -119,19 +119,28 @@ def test_the_hooks_are_removed_after_a_round():
 
 def test_a_model_with_batch_norm_is_refused_and_fixed_to_group_norm():
     resnet = build_model("resnet20", (3, 32, 32), 10, 0)
-    with pytest.raises(ValueError, match="cannot be trained with DP-SGD"):
+    with pytest.raises(ValueError) as refused:
         check_private_model(resnet)
+    reason = "this model cannot be trained with DP-SGD: BatchNorm cannot support training with differential privacy."
+    assert str(refused.value).startswith(reason)
+    assert str(refused.value).count("BatchNorm cannot") == 1  # once, not once per BatchNorm layer
     fixed = make_private_model(resnet)
     check_private_model(fixed)
     assert not list(fixed.buffers())
     assert any(isinstance(m, nn.GroupNorm) for m in fixed.modules())
 
 
-def test_a_model_with_buffers_is_refused():
+def test_a_model_with_buffers_is_refused_naming_the_first_five():
     model = linear()
-    model.register_buffer("running_mean", torch.zeros(3))
-    with pytest.raises(ValueError, match="buffers"):
+    for i in range(7):
+        model.register_buffer(f"running_{i}", torch.zeros(3))
+    with pytest.raises(ValueError) as refused:
         check_private_model(model)
+    assert str(refused.value) == (
+        "this model cannot be trained with DP-SGD: its buffers ['running_0', 'running_1', 'running_2', "
+        "'running_3', 'running_4'] would be sent un-noised; use GroupNorm instead of BatchNorm "
+        "(flwr_privacy.privacy.dpsgd.make_private_model)"
+    )
 
 
 @pytest.mark.parametrize(
