@@ -3,6 +3,8 @@ secret source of randomness, and models refused before training when DP-SGD cann
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -64,6 +66,26 @@ def test_every_examples_gradient_is_clipped_before_the_sum():
     assert grad.norm().item() == pytest.approx(clip * size / lot, rel=1e-3)
 
 
+def test_a_lot_returns_its_loss_and_an_empty_lot_is_the_noise_alone():
+    """At q = 1/200 about a third of the lots are empty (Poisson sampling): a step on one must still release
+    the noise, and report a loss of 0, not NaN (a mean over no example). Zero inputs give logits 0: loss ln 3."""
+    model = linear()
+    private = PrivateSteps(model, data(200), DPSGDConfig(enabled=True), 1, torch.device("cpu"),
+                           torch.Generator().manual_seed(0), torch.optim.SGD(model.parameters(), lr=1.0))
+    try:
+        lots = private.lots()
+        sizes_seen = set()
+        while sizes_seen != {True, False}:
+            x, y = next(lots)
+            loss = private.noisy_gradient(x, y)
+            grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+            assert loss == pytest.approx(0.0 if len(y) == 0 else math.log(3))
+            assert torch.isfinite(grad).all() and (grad != 0).all()
+            sizes_seen.add(len(y) == 0)
+    finally:
+        private.close()
+
+
 def test_lots_are_poisson_samples_not_fixed_batches():
     config = DPSGDConfig(enabled=True)
     model = linear()
@@ -96,6 +118,10 @@ def test_the_lot_sample_and_the_noise_come_from_two_streams_secret_unless_the_in
     ]
     assert seeds[0][0] != seeds[0][1]  # sampling, noise
     assert (seeds[0][0] == seeds[1][0]) is insecure and (seeds[0][1] == seeds[1][1]) is insecure
+    if insecure:  # runs with other seeds get other streams
+        streams = {g.initial_seed() for seed in range(50)
+                   for g in noise_generators(config, torch.Generator().manual_seed(seed), torch.device("cpu"))}
+        assert len(streams) == 100
 
 
 @pytest.mark.parametrize("insecure", [False, True])

@@ -134,10 +134,12 @@ def test_seeded_mechanisms_add_exactly_the_noise_their_generator_draws():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_released_values_keep_their_dtype(dtype):
-    x = torch.zeros(4, dtype=dtype)
-    assert laplace_mechanism(x, 1.0, 1.0).dtype == dtype
-    assert gaussian_mechanism(x, 1.0, 0.5, 1e-5).dtype == dtype
+def test_released_values_keep_their_dtype_and_its_precision(dtype):
+    x = torch.zeros(100, dtype=dtype)
+    for released in (laplace_mechanism(x, 1.0, 1.0), gaussian_mechanism(x, 1.0, 0.5, 1e-5)):
+        assert released.dtype == dtype
+        # float64 values that passed through float32 on the way would all be float32 numbers
+        assert bool((released.float().to(dtype) != released).any()) is (dtype == torch.float64)
 
 
 def test_secure_laplace_noise_is_laplace_with_the_given_scale():
