@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from flwr_privacy.data import TensorData
 from flwr_privacy.models import build_model
@@ -86,6 +87,35 @@ def test_a_lot_returns_its_loss_and_an_empty_lot_is_the_noise_alone():
         private.close()
 
 
+def lot_labels(insecure: bool, torch_seed: int, lots: int = 20) -> list[list[int]]:
+    """The labels of the first lots a client draws, from a run generator seeded 7 and torch's global seed."""
+    torch.manual_seed(torch_seed)
+    model = linear()
+    private = PrivateSteps(model, data(400), DPSGDConfig(enabled=True, insecure_seeded_noise=insecure), 20,
+                           torch.device("cpu"), torch.Generator().manual_seed(7),
+                           torch.optim.SGD(model.parameters(), lr=1.0))
+    try:
+        sample = private.lots()
+        return [next(sample)[1].tolist() for _ in range(lots)]
+    finally:
+        private.close()
+
+
+def test_the_lots_are_secret_even_under_the_same_global_seed_unless_the_insecure_switch_is_on():
+    """Amplification by sampling needs a sample nobody can replay: not from the run's generator, nor torch's
+    global one."""
+    assert lot_labels(False, 0) != lot_labels(False, 0)
+    assert lot_labels(True, 0) == lot_labels(True, 1)  # replayed from the run generator alone
+
+
+def test_a_model_loader_instead_of_data_is_refused():
+    model = linear()
+    with pytest.raises(ValueError) as refused:
+        PrivateSteps(model, DataLoader(TensorDataset(torch.zeros(4, 8), torch.zeros(4))), DPSGDConfig(enabled=True),
+                     2, torch.device("cpu"), torch.Generator(), torch.optim.SGD(model.parameters(), lr=1.0))
+    assert str(refused.value) == "DP-SGD samples its own lots: give the client a TensorData, not a DataLoader"
+
+
 def test_lots_are_poisson_samples_not_fixed_batches():
     config = DPSGDConfig(enabled=True)
     model = linear()
@@ -132,7 +162,7 @@ def test_the_noise_is_drawn_in_opacus_secure_mode_unless_the_insecure_switch_is_
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     private = PrivateSteps(model, data(), config, 20, torch.device("cpu"), torch.Generator(), optimizer)
     try:
-        assert private.optimizer.secure_mode is not insecure
+        assert private.optimizer.secure_mode is (not insecure)
     finally:
         private.close()
 
@@ -154,6 +184,16 @@ def test_a_model_with_batch_norm_is_refused_and_fixed_to_group_norm():
     check_private_model(fixed)
     assert not list(fixed.buffers())
     assert any(isinstance(m, nn.GroupNorm) for m in fixed.modules())
+
+
+def test_each_reason_opacus_gives_is_named_once_in_order():
+    model = nn.Sequential(nn.BatchNorm1d(3), nn.LSTM(3, 3), nn.BatchNorm1d(3))
+    with pytest.raises(ValueError) as refused:
+        check_private_model(model)
+    message = str(refused.value)
+    assert message.startswith("this model cannot be trained with DP-SGD: BatchNorm cannot support training")
+    assert "; We do not support nn.LSTM" in message
+    assert message.count("BatchNorm cannot") == 1
 
 
 def test_a_model_with_buffers_is_refused_naming_the_first_five():
@@ -189,6 +229,10 @@ def test_steps_per_round_follow_the_lot_size_and_the_epochs():
     assert round_steps(50, 401, 1) == 9
     assert round_steps(50, 400, 3, local_steps=5) == 5
     assert round_steps(500, 40, 1) == 1  # a lot never exceeds the data
+    assert round_steps(50, 1, 2) == 2  # one example is enough
+    with pytest.raises(ValueError) as refused:
+        round_steps(50, 0, 1)
+    assert str(refused.value) == "a DP-SGD client needs at least one example, it has 0"
 
 
 def test_target_epsilon_gives_the_noise_that_spends_it():
