@@ -5,11 +5,15 @@ import math
 import pytest
 import torch
 
+from flwr_privacy.privacy.noise import laplace_noise
 from flwr_privacy.privacy.svt import (
     PAPER_RELEASE_FRACTION,
     SVTScales,
+    above_threshold,
     budget_split,
     guaranteed_epsilon,
+    noisy_threshold,
+    release_values,
     svt_above_threshold,
     svt_dssgd,
 )
@@ -126,6 +130,30 @@ def test_reproducible_with_a_generator():
     a = svt_above_threshold(values, 0.5, 10, 1.0, 1.0, _gen(9))
     b = svt_above_threshold(values, 0.5, 10, 1.0, 1.0, _gen(9))
     assert torch.equal(a.indices, b.indices) and torch.equal(a.values, b.values)
+
+
+@pytest.mark.parametrize(("svt", "variant"), [(svt_above_threshold, "proven"), (svt_dssgd, "paper")])
+def test_a_seeded_run_is_alg_7_step_by_step(svt, variant):
+    """Whoever holds the seed replays the run (why seeded noise is for tests only), and the replay spells out
+    Lyu et al.'s Alg. 7: the noisy threshold T + rho, the random order, the noisy queries |v_i| + nu_i tested
+    against it until c pass, then the released values v_i + Lap(b_release)."""
+    values, threshold, c, epsilon = torch.randn(300, generator=_gen(3), dtype=torch.float64), 1.0, 8, 2.0
+    result = svt(values, threshold, c, epsilon, 0.5, _gen(9))
+
+    scales, replay = budget_split(epsilon, c, variant, 0.5), _gen(9)
+    noisy_thresh = noisy_threshold(threshold, scales.threshold, replay)
+    assert noisy_thresh != threshold
+    indices, num_queries = above_threshold(values, noisy_thresh, c, scales.query, replay)
+    assert torch.equal(result.indices, indices) and result.num_queries == num_queries
+    assert torch.equal(result.values, release_values(values, indices, scales.release, replay))
+
+    by_hand = _gen(9)
+    rho = laplace_noise(1, scales.threshold, by_hand, torch.float64).item()
+    assert noisy_thresh == threshold + rho
+    order = torch.randperm(300, generator=by_hand)
+    passed = values.abs()[order] + laplace_noise(300, scales.query, by_hand, torch.float64) >= threshold + rho
+    assert torch.equal(indices, order[torch.nonzero(passed).flatten()[:c]])
+    assert torch.equal(result.values, values[indices] + laplace_noise(c, scales.release, by_hand, torch.float64))
 
 
 def test_results_keep_device_and_dtype():
