@@ -94,6 +94,15 @@ def test_the_svt_order_may_be_seeded_while_its_noise_stays_secure():
 
 
 @pytest.mark.parametrize("svt", [svt_above_threshold, svt_dssgd])
+def test_the_svt_order_comes_from_the_given_generator_when_the_noise_is_secure(svt):
+    """Every value far above the threshold passes, so the first c of the examination order are released:
+    the order of the seeded generator's first permutation, whatever the secure noise."""
+    for _ in range(2):
+        result = svt(torch.full((50,), 1e6), 0.0, 5, 1.0, 0.1, torch.Generator().manual_seed(3), noise_generator=None)
+        assert torch.equal(result.indices, torch.randperm(50, generator=torch.Generator().manual_seed(3))[:5])
+
+
+@pytest.mark.parametrize("svt", [svt_above_threshold, svt_dssgd])
 def test_the_svt_query_noise_stays_secure_when_only_the_order_is_seeded(svt):
     """Every value sits at the threshold, so entry i passes when nu_i >= rho. Were the query noise nu drawn from
     the seeded order generator, a replaying server would know it, and the sets passing in different runs would
