@@ -210,18 +210,25 @@ def test_a_model_with_buffers_is_refused_naming_the_first_five():
 
 
 @pytest.mark.parametrize(
-    "values, key",
+    "values, message",
     [
-        ({"noise_multiplier": 0.0}, "noise-multiplier"),
-        ({"max_grad_norm": -1.0}, "max-grad-norm"),
-        ({"delta": 1.0}, "delta"),
-        ({"noise_multiplier": float("nan")}, "noise-multiplier"),
-        ({"max_epsilon": -1.0}, "max-epsilon"),
+        ({"noise_multiplier": 0.0}, "dpsgd.noise-multiplier=0.0 must be > 0"),
+        ({"max_grad_norm": 0.0}, "dpsgd.max-grad-norm=0.0 must be > 0"),
+        ({"max_grad_norm": -1.0}, "dpsgd.max-grad-norm=-1.0 must be > 0"),
+        ({"delta": 0.0}, "dpsgd.delta=0.0 must be in (0, 1)"),
+        ({"delta": 1.0}, "dpsgd.delta=1.0 must be in (0, 1)"),
+        ({"noise_multiplier": float("nan")}, "dpsgd.noise-multiplier=nan must be a finite number"),
+        ({"noise_multiplier": "1"}, "dpsgd.noise-multiplier='1' must be a finite number"),
+        ({"max_grad_norm": True}, "dpsgd.max-grad-norm=True must be a finite number"),
+        ({"delta": float("inf")}, "dpsgd.delta=inf must be a finite number"),
+        ({"target_epsilon": -1.0}, "dpsgd.target-epsilon and dpsgd.max-epsilon must be >= 0 (0: not used)"),
+        ({"max_epsilon": -1.0}, "dpsgd.target-epsilon and dpsgd.max-epsilon must be >= 0 (0: not used)"),
     ],
 )
-def test_bad_settings_name_the_key(values, key):
-    with pytest.raises(ValueError, match=key):
+def test_bad_settings_are_refused_naming_the_key_and_value(values, message):
+    with pytest.raises(ValueError) as refused:
         DPSGDConfig(enabled=True, **values)
+    assert str(refused.value) == message
 
 
 def test_steps_per_round_follow_the_lot_size_and_the_epochs():

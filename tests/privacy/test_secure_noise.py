@@ -18,6 +18,7 @@ from flwr_privacy.privacy import (
     svt_above_threshold,
     svt_dssgd,
 )
+from flwr_privacy.privacy.noise import release_laplace
 
 
 def dssgd_upload(tmp_path, **dssgd):
@@ -140,6 +141,12 @@ def test_seeded_mechanisms_add_exactly_the_noise_their_generator_draws():
     assert torch.allclose(out - x, gaussian_noise(50, sigma, torch.Generator().manual_seed(9), torch.float64))
     out = laplace_mechanism(x, 2.0, 4.0, torch.Generator().manual_seed(9))
     assert torch.allclose(out - x, laplace_noise(50, 0.5, torch.Generator().manual_seed(9), torch.float64))
+
+
+def test_a_release_refuses_a_scale_that_is_not_positive():
+    with pytest.raises(ValueError) as refused:
+        release_laplace(torch.zeros(2), 0.0)
+    assert str(refused.value) == "Laplace scale must be a finite number > 0, got 0.0"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
