@@ -33,11 +33,16 @@ def linear(features=8, bias=False):
     return nn.Sequential(nn.Flatten(), nn.Linear(features, 3, bias=bias))
 
 
-def one_step(model, tensors, config, batch_size=20, seed=0, loss_fn=None):
-    private = PrivateSteps(
+def private_steps(model, tensors, config, batch_size=20, seed=0):
+    """PrivateSteps on the CPU with plain SGD, its run generator seeded ``seed``."""
+    return PrivateSteps(
         model, tensors, config, batch_size, torch.device("cpu"), torch.Generator().manual_seed(seed),
         torch.optim.SGD(model.parameters(), lr=1.0),
     )
+
+
+def one_step(model, tensors, config, batch_size=20, seed=0, loss_fn=None):
+    private = private_steps(model, tensors, config, batch_size, seed)
     try:
         x, y = next(private.lots())
         private.noisy_gradient(x, y, loss_fn)
@@ -71,18 +76,17 @@ def test_a_lot_returns_its_loss_and_an_empty_lot_is_the_noise_alone():
     """At q = 1/200 about a third of the lots are empty (Poisson sampling): a step on one must still release
     the noise, and report a loss of 0, not NaN (a mean over no example). Zero inputs give logits 0: loss ln 3."""
     model = linear()
-    private = PrivateSteps(model, data(200), DPSGDConfig(enabled=True), 1, torch.device("cpu"),
-                           torch.Generator().manual_seed(0), torch.optim.SGD(model.parameters(), lr=1.0))
+    private = private_steps(model, data(200), DPSGDConfig(enabled=True), batch_size=1)
     try:
         lots = private.lots()
-        sizes_seen = set()
-        while sizes_seen != {True, False}:
+        empty_seen = set()
+        while empty_seen != {True, False}:
             x, y = next(lots)
             loss = private.noisy_gradient(x, y)
             grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
             assert loss == pytest.approx(0.0 if len(y) == 0 else math.log(3))
             assert torch.isfinite(grad).all() and (grad != 0).all()
-            sizes_seen.add(len(y) == 0)
+            empty_seen.add(len(y) == 0)
     finally:
         private.close()
 
@@ -91,9 +95,7 @@ def lot_labels(insecure: bool, torch_seed: int, lots: int = 20) -> list[list[int
     """The labels of the first lots a client draws, from a run generator seeded 7 and torch's global seed."""
     torch.manual_seed(torch_seed)
     model = linear()
-    private = PrivateSteps(model, data(400), DPSGDConfig(enabled=True, insecure_seeded_noise=insecure), 20,
-                           torch.device("cpu"), torch.Generator().manual_seed(7),
-                           torch.optim.SGD(model.parameters(), lr=1.0))
+    private = private_steps(model, data(400), DPSGDConfig(enabled=True, insecure_seeded_noise=insecure), seed=7)
     try:
         sample = private.lots()
         return [next(sample)[1].tolist() for _ in range(lots)]
@@ -109,10 +111,8 @@ def test_the_lots_are_secret_even_under_the_same_global_seed_unless_the_insecure
 
 
 def test_a_model_loader_instead_of_data_is_refused():
-    model = linear()
     with pytest.raises(ValueError) as refused:
-        PrivateSteps(model, DataLoader(TensorDataset(torch.zeros(4, 8), torch.zeros(4))), DPSGDConfig(enabled=True),
-                     2, torch.device("cpu"), torch.Generator(), torch.optim.SGD(model.parameters(), lr=1.0))
+        private_steps(linear(), DataLoader(TensorDataset(torch.zeros(4, 8), torch.zeros(4))), DPSGDConfig(enabled=True))
     assert str(refused.value) == "DP-SGD samples its own lots: give the client a TensorData, not a DataLoader"
 
 
