@@ -109,9 +109,6 @@ def stop_processes(flwr_home: Path, timeout: float = 10.0, kill_timeout: float =
     by its raylet is no longer anyone's descendant. SIGINT and SIGTERM wait until this is done, so a
     second Ctrl-C cannot cut the clean-up short.
     """
-    in_main = threading.current_thread() is threading.main_thread()
-    if in_main:
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     known: dict[int, int] = {}  # pid -> start time, of every process of the run seen so far
 
     def alive() -> list[int]:
@@ -128,7 +125,7 @@ def stop_processes(flwr_home: Path, timeout: float = 10.0, kill_timeout: float =
                 living.append(pid)
         return living
 
-    try:
+    with signals_held():
         for sig, phase in ((signal.SIGTERM, timeout), (signal.SIGKILL, kill_timeout)):
             signalled: set[int] = set()
             deadline = time.monotonic() + phase
@@ -139,9 +136,20 @@ def stop_processes(flwr_home: Path, timeout: float = 10.0, kill_timeout: float =
                             os.kill(pid, sig)
                 signalled.update(pids)
                 time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait (blocked in the main thread) until the block ends, then arrive: a clean-up
+    is never cut short, and the interruption is not lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
     finally:
-        if in_main:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def adopt_orphans() -> None:
@@ -153,77 +161,160 @@ def adopt_orphans() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
 
 
+class Interrupted(KeyboardInterrupt):
+    """The run was interrupted by ``signum`` (SIGINT or SIGTERM); ``status`` is the exit status a shell
+    gives a process that signal stops (128 + signum)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.status = 128 + signum
+
+    def __str__(self) -> str:
+        return f"interrupted by {signal.Signals(self.signum).name}"
+
+
+def interruption(err: KeyboardInterrupt) -> tuple[str, int]:
+    """(one line, exit status) for an interruption: ``Interrupted``'s, or 130 for a bare KeyboardInterrupt."""
+    if isinstance(err, Interrupted):
+        return str(err), err.status
+    return "interrupted by SIGINT", 128 + signal.SIGINT
+
+
 @contextlib.contextmanager
-def sigterm_as_exit() -> Iterator[None]:
-    """SIGTERM raises SystemExit(143) in the main thread, so clean-up in ``finally`` blocks runs."""
+def interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``Interrupted`` in the main thread, so ``finally`` blocks clean up.
+
+    Installed whatever this process inherited: a shell starts a background job with SIGINT *ignored*
+    (``cmd &`` in a script, as a shared CI machine does), Python then leaves it ignored, and Ctrl-C or
+    ``kill -INT`` would be dropped: the run went on to its end and exited 0. The signal is also recorded,
+    so an interruption that something swallowed on its way up (an exception raised inside a finalizer is
+    only printed) is raised again when the block ends: a block that was interrupted never ends normally.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    received: list[int] = []
 
-    def terminate(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
+    def interrupt(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise Interrupted(signum)
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise Interrupted(received[0])
+
+
+class _FlowerRun:
+    """One ``flwr run ... --stream``: its output copied to ours, the run id it prints, its status after."""
+
+    def __init__(self, flwr: str, env: dict[str, str], cwd: Path, connection: list[str]) -> None:
+        self.flwr, self.env, self.cwd, self.connection = flwr, env, cwd, connection
+        self.proc: subprocess.Popen | None = None
+        self.run_id: str | None = None
+
+    def stream(self, arguments: list[str], timeout: float | None) -> None:
+        command = [self.flwr, "run", *arguments[:1], *self.connection, *arguments[1:], "--stream"]
+        self.proc = subprocess.Popen(
+            command, env=self.env, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            sys.stdout.write(line)
+            if self.run_id is None and (found := re.search(r"Successfully started run (\d+)", line)):
+                self.run_id = found.group(1)
+            if deadline is not None and time.monotonic() > deadline:
+                raise FlowerRunError(f"the Flower run took longer than {timeout} s")
+        self.proc.wait()
+        if self.run_id is None:
+            raise FlowerRunError(f"flwr run started no run (exit status {self.proc.returncode}); see its output above")
+
+    def flwr_command(self, *arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [self.flwr, *arguments, "--format", "json"],
+            env=self.env, cwd=self.cwd, capture_output=True, text=True, check=False,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The run's record from the SuperLink (``flwr ls --run-id``)."""
+        listed = self.flwr_command("ls", *self.connection, "--run-id", str(self.run_id))
+        try:  # Flower may print a notice before the JSON
+            return dict(json.loads(listed.stdout[listed.stdout.index("{"):])["runs"][0])
+        except (ValueError, KeyError, IndexError):
+            listing = " ".join((listed.stdout or listed.stderr).split())
+            raise FlowerRunError(f"cannot read the status of run {self.run_id}: {listing}") from None
+
+    def stop(self) -> None:
+        """Stop the run on the SuperLink (``flwr stop``) and our ``flwr run``, if they were started; a
+        second Ctrl-C waits until this is done."""
+        with signals_held():
+            if self.run_id is not None:
+                self.flwr_command("stop", self.run_id, *self.connection)
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
 
 
 def run_app(
     app_dir: Path,
     run_config: str | Path | None = None,
-    federation_config: str = "num-supernodes=2",
+    federation_config: str | None = "num-supernodes=2",
     flwr: str | Path | None = None,
     timeout: float | None = None,
+    connection: str | None = None,
 ) -> dict[str, Any]:
-    """``flwr run app_dir --stream`` in a private FLWR_HOME; returns the run's record from ``flwr ls``.
+    """``flwr run app_dir --stream``; returns the run's record from ``flwr ls``. Raises ``FlowerRunError``
+    unless the run finished completed, ``Interrupted`` on SIGINT or SIGTERM.
 
     ``run_config`` is what ``--run-config`` takes (a TOML file or ``key=value`` pairs); ``flwr`` the
     executable (default: the one beside this Python). Output streams to this process's stdout.
-    Raises ``FlowerRunError`` unless the run finished completed.
 
-    The run gets its own SuperLink on free ports and a private FLWR_HOME, so two calls at once never meet;
-    whatever way the call ends (the run's end, an error, Ctrl-C or SIGTERM), every process started for
-    it is stopped, the simulation and Ray's workers included, and the FLWR_HOME removed.
+    Without ``connection`` the run is a local simulation with its own SuperLink on free ports and a
+    private FLWR_HOME, so two calls at once never meet; whatever way the call ends (the run's end, an
+    error, Ctrl-C or SIGTERM), every process started for it is stopped, the simulation and Ray's workers
+    included, and the FLWR_HOME removed. With ``connection`` (a SuperLink connection in the user's Flower
+    configuration: a deployment) the run goes to that SuperLink; an interrupted or timed-out call stops
+    the run there (``flwr stop``), since ``flwr run`` alone would leave it running.
     """
     flwr = str(flwr or Path(sys.executable).parent / "flwr")
-    if sys.platform.startswith("linux"):
-        adopt_orphans()
-    with tempfile.TemporaryDirectory(prefix="flwr-home-") as home, sigterm_as_exit():
-        env = dict(os.environ, FLWR_HOME=home, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
-        env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
-        env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
-        env["PATH"] = f"{Path(flwr).parent}{os.pathsep}{env.get('PATH', '')}"
-        command = [flwr, "run", str(app_dir), "--federation-config", federation_config, "--stream"]
-        if run_config:
-            command += ["--run-config", str(run_config)]
-        run_id = None
-        try:
-            proc = subprocess.Popen(
-                command, env=env, cwd=app_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-            deadline = None if timeout is None else time.monotonic() + timeout
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                sys.stdout.write(line)
-                if run_id is None and (found := re.search(r"Successfully started run (\d+)", line)):
-                    run_id = found.group(1)
-                if deadline is not None and time.monotonic() > deadline:
-                    raise FlowerRunError(f"the Flower run took longer than {timeout} s")
-            proc.wait()
-            if run_id is None:
-                raise FlowerRunError(f"flwr run started no run (exit status {proc.returncode}); see its output above")
-            listed = subprocess.run(
-                [flwr, "ls", "--run-id", run_id, "--format", "json"],
-                env=env, cwd=app_dir, capture_output=True, text=True, check=False,
-            )
-        finally:
-            stop_processes(Path(home))
-    try:
-        record = json.loads(listed.stdout)["runs"][0]
-    except (ValueError, KeyError, IndexError):
-        raise FlowerRunError(f"cannot read the status of run {run_id}: {listed.stdout or listed.stderr}") from None
+    arguments = [str(app_dir)]
+    if federation_config:
+        arguments += ["--federation-config", federation_config]
+    if run_config:
+        arguments += ["--run-config", str(run_config)]
+    path = f"{Path(flwr).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    with interruptible():
+        if connection is not None:
+            run = _FlowerRun(flwr, dict(os.environ, PATH=path), app_dir, [connection])
+            try:
+                run.stream(arguments, timeout)
+            except BaseException:
+                run.stop()
+                raise
+            record = run.record()
+        else:
+            if sys.platform.startswith("linux"):
+                adopt_orphans()
+            with tempfile.TemporaryDirectory(prefix="flwr-home-") as home:
+                env = dict(os.environ, FLWR_HOME=home, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", PATH=path)
+                env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
+                env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
+                run = _FlowerRun(flwr, env, app_dir, [])
+                try:
+                    run.stream(arguments, timeout)
+                    record = run.record()
+                finally:
+                    stop_processes(Path(home))
     if record.get("status") != "finished:completed":
         details = " ".join(str(record.get("status-details") or "no details given").split())
         raise FlowerRunError(f"the Flower run {record.get('status')}: {details}")
@@ -268,14 +359,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="flwr run, with the run's own status as the exit status")
     parser.add_argument("app_dir", type=Path)
     parser.add_argument("--run-config", default=None)
-    parser.add_argument("--federation-config", default="num-supernodes=2")
+    parser.add_argument("--federation-config", default=None,
+                        help="for the local simulation (default: num-supernodes=2); none with --connection")
+    parser.add_argument("--connection", default=None,
+                        help="a SuperLink connection of your Flower configuration (a deployment); "
+                        "default: a local simulation of its own")
     parser.add_argument("--flwr", default=None, help="the flwr executable (default: beside this Python)")
     args = parser.parse_args(argv)
+    federation = args.federation_config
+    if federation is None and args.connection is None:
+        federation = "num-supernodes=2"
     try:
-        record = run_app(args.app_dir.resolve(), args.run_config, args.federation_config, args.flwr)
+        with interruptible():
+            record = run_app(args.app_dir.resolve(), args.run_config, federation, args.flwr, connection=args.connection)
     except FlowerRunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:
+        line, status = interruption(err)
+        stopped = "the run is stopped" if args.connection else "the run's processes are stopped"
+        print(f"error: {line}; {stopped}", file=sys.stderr)
+        return status
     print(f"run {record['run-id']} {record['status']}")
     return 0
 

@@ -26,7 +26,7 @@ from experiments.checkpoint import resumable_strategy
 from experiments.cli import check_overrides
 from experiments.client_app import client_fn
 from experiments.federation import check_partitions, validate_run_config
-from experiments.flower_run import FlowerRunError, flwr_run
+from experiments.flower_run import FlowerRunError, flwr_run, interruptible, interruption
 from experiments.inprocess import make_federation, run_inprocess
 from experiments.results import ResultsWriter, plot_rounds
 from flwr_privacy.data import check_data
@@ -72,9 +72,6 @@ def main(cfg: DictConfig) -> None:
     except (ValueError, FlowerRunError, FederationError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:  # every process of the run has been stopped on the way out (flower_run)
-        print("error: interrupted; the run's processes are stopped", file=sys.stderr)
-        sys.exit(130)
 
 
 def run(cfg: DictConfig) -> None:
@@ -106,6 +103,19 @@ def run(cfg: DictConfig) -> None:
     print(f"results: {run_config['output-dir']}")
 
 
+def cli() -> None:
+    """``python -m experiments.run``: an interruption (Ctrl-C, SIGINT or SIGTERM, at any moment, even one
+    this process inherited as ignored) is one line and exit status 128 + the signal; every process of the
+    run has been stopped on the way out (``experiments.flower_run``)."""
+    try:
+        with interruptible():
+            check_overrides(sys.argv[1:])
+            main()
+    except KeyboardInterrupt as err:
+        line, status = interruption(err)
+        print(f"error: {line}; the run's processes are stopped", file=sys.stderr)
+        sys.exit(status)
+
+
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:])
-    main()
+    cli()

@@ -48,7 +48,7 @@ from experiments.flower_run import (
     FlowerRunError,
     flwr_run,
     free_port,
-    sigterm_as_exit,
+    interruptible,
     stop_processes,
     write_run_config,
 )
@@ -228,7 +228,7 @@ def main() -> None:
     print(f"FedAvg, model={args.model}, {args.clients} clients every round, {args.rounds} rounds; app {PROJECT_ROOT} "
           f"(flwr_privacy from {Path(flwr_privacy.__file__).parent}); SuperNodes' OMP_NUM_THREADS "
           f"{args.node_threads or 'unset'}; logs in {root}")
-    with sigterm_as_exit():  # SIGTERM too leaves through the clean-up of each half
+    with interruptible():  # SIGINT and SIGTERM leave through the clean-up of each half
         for repeat in range(args.repeats):
             figures = {}
             for name, half in (("deployment", deployment), ("simulation", simulation)):

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -187,3 +188,41 @@ def test_a_superlink_restarted_with_its_database_keeps_its_supernodes_and_runs(d
     rows = d.run(tmp_path / "next")
     assert rows[1]["accepted"] == 3 and rows[1]["failures"] == 0
     assert all(d.processes[f"node{i}"].poll() is None for i in range(3))  # the same node processes served it
+
+
+def test_a_deployment_run_exits_1_with_the_reason_when_it_fails_and_130_when_interrupted_stopping_it(
+    deployment, tmp_path
+):
+    """``flwr run`` exits 0 either way (Flower 1.42) and leaves an interrupted run running on the SuperLink;
+    ``python -m experiments.flower_run --connection`` exits 1 with the SuperLink's reason, and on Ctrl-C
+    stops the run there and exits 130, one line each."""
+    d = deployment
+    d.superlink("--insecure")
+    d.connection("insecure = true")
+    for i in range(3):
+        d.supernode(f"node{i}", i, "--insecure")
+    wrapper = [sys.executable, "-m", "experiments.flower_run", str(ROOT), "--connection", "here", "--run-config"]
+    failed = subprocess.run([*wrapper, f"{RUN} lr=-1.0 output-dir='{tmp_path / 'failed'}'"], cwd=ROOT, env=d.env,
+                            capture_output=True, text=True, timeout=600)
+    assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-2000:]
+    assert failed.stderr.splitlines()[-1].startswith("error: the Flower run finished:failed:"), failed.stderr
+    assert "lr" in failed.stderr.splitlines()[-1] and "Traceback" not in failed.stderr
+
+    output = tmp_path / "interrupted"
+    long_run = RUN.replace("num-rounds=1", "num-rounds=500")
+    run = subprocess.Popen([*wrapper, f"{long_run} output-dir='{output}'"], cwd=ROOT, env=d.env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (output / "rounds.csv").is_file() or len((output / "rounds.csv").read_text().splitlines()) < 3:
+            assert time.monotonic() < deadline and run.poll() is None, run.communicate()
+            time.sleep(0.5)
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 130, out[-2000:] + err[-2000:]
+    assert err.splitlines()[-1] == "error: interrupted by SIGINT; the run is stopped" and "Traceback" not in err
+    run_id = re.search(r"Successfully started run (\d+)", out).group(1)
+    listed = d.sh(str(BIN / "flwr"), "ls", "here", "--run-id", run_id, "--format", "json").stdout
+    assert json.loads(listed[listed.index("{"):])["runs"][0]["status"] == "finished:stopped"

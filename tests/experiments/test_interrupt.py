@@ -1,5 +1,6 @@
 """`python -m experiments.run` as a user stops it: Ctrl-C or SIGTERM leave no process and no new row behind,
-and two runs started at once each get their own SuperLink and both complete."""
+exit with 128 + the signal and one line, also when the run was started with SIGINT ignored (a shell's
+background job); and two runs started at once each get their own SuperLink and both complete."""
 
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from experiments.flower_run import run_processes, stop_processes
+from experiments.flower_run import Interrupted, interruptible, run_processes, stop_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["model=mlp", "num_clients=2", "fraction_fit=1.0", "batch_size=50", "lr=0.1"]
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow
 
 
 def processes_with(scratch: Path) -> list[int]:
@@ -52,7 +53,15 @@ def describe(pids: list[int]) -> list[str]:
     return out
 
 
-def start(tmp_path: Path, name: str, *overrides: str) -> tuple[subprocess.Popen, Path, str]:
+def ignore_sigint() -> None:
+    """What a non-interactive shell does to a background job (``cmd &`` in a script): SIGINT ignored, and
+    the ignoring inherited across exec."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def start(tmp_path: Path, name: str, *overrides: str, sigint_ignored: bool = False) -> tuple[
+    subprocess.Popen, Path, Path
+]:
     # A short TMPDIR: Ray puts its sockets under it, and a Unix socket's path is limited to 107 bytes.
     scratch = Path(tempfile.mkdtemp(prefix=f"fp-{name}-", dir="/tmp"))
     out = tmp_path / name
@@ -60,6 +69,7 @@ def start(tmp_path: Path, name: str, *overrides: str) -> tuple[subprocess.Popen,
     proc = subprocess.Popen(
         [sys.executable, "-m", "experiments.run", f"hydra.run.dir={out}", *SMALL, *overrides],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=ignore_sigint if sigint_ignored else None,
     )
     return proc, out, scratch
 
@@ -77,9 +87,14 @@ def rows_written(out: Path) -> int:
     return max(len(csv.read_text().splitlines()) - 1, 0) if csv.exists() else 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_an_interrupted_run_stops_every_process_it_started_and_writes_no_more_rows(tmp_path, sig):
-    proc, out, scratch = start(tmp_path, "run", "num_rounds=500")
+@slow
+@pytest.mark.parametrize(
+    ("sig", "sigint_ignored"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["SIGINT", "SIGTERM", "SIGINT-inherited-ignored"],
+)
+def test_an_interrupted_run_stops_every_process_it_started_and_writes_no_more_rows(tmp_path, sig, sigint_ignored):
+    proc, out, scratch = start(tmp_path, "run", "num_rounds=500", sigint_ignored=sigint_ignored)
     try:
         deadline = time.monotonic() + 240
         while rows_written(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
@@ -88,8 +103,10 @@ def test_an_interrupted_run_stops_every_process_it_started_and_writes_no_more_ro
         assert len(processes_with(scratch)) > 3  # the runner, flwr run, the SuperLink, the simulation, Ray ...
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=150)  # the clean-up may take its whole 10 s + 30 s budget under load
-        assert proc.returncode != 0
+        assert proc.returncode == 128 + sig, stderr[-2000:]
         assert "Traceback" not in stderr, stderr[-2000:]
+        name = signal.Signals(sig).name
+        assert stderr.splitlines()[-1] == f"error: interrupted by {name}; the run's processes are stopped"
         written = rows_written(out)
         time.sleep(5)
         assert rows_written(out) == written  # nothing trains on after the interruption
@@ -99,6 +116,7 @@ def test_an_interrupted_run_stops_every_process_it_started_and_writes_no_more_ro
         kill_all(scratch)
 
 
+@slow
 def test_two_runs_started_at_once_both_complete(tmp_path):
     runs = [start(tmp_path, name, "num_rounds=3") for name in ("first", "second")]
     try:
@@ -123,6 +141,7 @@ while True:
 """
 
 
+@slow
 def test_stopping_a_run_leaves_no_process_even_one_that_ignores_sigterm_and_keeps_forking(tmp_path):
     """What a dying Ray or SuperLink can do: start processes while it is being stopped."""
     home = Path(tempfile.mkdtemp(prefix="fp-home-", dir="/tmp"))
@@ -153,6 +172,7 @@ def completed_rows(tmp_path: Path, name: str, *overrides: str) -> list[dict]:
         kill_all(scratch)
 
 
+@slow
 def test_a_run_killed_mid_run_resumes_to_the_results_of_one_never_stopped(tmp_path):
     """The server (and everything else) killed with SIGKILL after a few rounds; ``resume=`` continues from
     its last checkpoint and ends where the run that was never stopped ends (FedAvg: clients hold nothing)."""
@@ -169,3 +189,26 @@ def test_a_run_killed_mid_run_resumes_to_the_results_of_one_never_stopped(tmp_pa
     resumed = completed_rows(tmp_path, "resumed", "num_rounds=8", f"resume={killed}")
     keys = ("round", "test_accuracy", "test_loss", "bytes_up", "cum_bytes_down")
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in whole]
+
+
+@pytest.fixture
+def sigint_restored():
+    """The test process's own SIGINT handling back as it was, whatever the test did to it."""
+    previous = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("inherited", [signal.default_int_handler, signal.SIG_IGN], ids=["default", "ignored"])
+def test_an_interruption_ends_the_block_even_if_sigint_was_ignored_or_the_interrupt_swallowed(sigint_restored,
+                                                                                                inherited):
+    signal.signal(signal.SIGINT, inherited)
+    swallowed = []
+    with pytest.raises(Interrupted) as raised, interruptible():
+        try:  # a library that catches KeyboardInterrupt and goes on (as Flower's log stream does)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt as err:
+            swallowed.append(err)
+    assert swallowed and raised.value.status == 130 and str(raised.value) == "interrupted by SIGINT"
+    assert signal.getsignal(signal.SIGINT) is inherited  # what the process had before is back
