@@ -5,11 +5,13 @@ fixed ports (39091, 39093) another run would attach to; this module gives each c
 ``FLWR_HOME`` and free ports, and stops every process of the run when the call ends, however it ends.
 ``flwr run --stream`` exits 0 even when the ServerApp failed (Flower 1.42), so the run's status is
 read back from the SuperLink (``flwr ls --run-id``): a run that did not finish completed raises
-``FlowerRunError`` with the SuperLink's one-line reason. As a command, for any app (exit status 1
-and one line on failure)::
+``FlowerRunError`` with the SuperLink's one-line reason. Ctrl-C on ``flwr run`` exits 0 too and leaves
+the run running; here SIGINT and SIGTERM stop it (``interruptible``). As a command, for any app (exit
+status 1 and one line on failure, 128 + the signal and one line when interrupted)::
 
     python -m experiments.flower_run path/to/app --federation-config "num-supernodes=4" \
         --run-config 'num-server-rounds=5'
+    python -m experiments.flower_run path/to/app --connection prod   # a deployment's SuperLink
 """
 
 from __future__ import annotations

@@ -67,6 +67,7 @@ def test_each_experiment_composes_to_the_setting_its_name_says(experiment):
 def test_every_algorithm_setting_is_declared_for_flwr_run_and_hydra():
     """flwr run accepts only the keys pyproject.toml declares; the Hydra runner sets what its strategy file has."""
     import tomllib
+
     import yaml
 
     import experiments.algorithms  # noqa: F401  (registers the built-in algorithms)
