@@ -39,10 +39,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from flwr_privacy.config import section, to_section
 from flwr_privacy.data import TensorData
+from flwr_privacy.privacy.per_example import ClippedSum, unsupported_layers
 
 # The name a round's spend is reported under (the ledger's mechanism).
 MECHANISM = "dp-sgd"
@@ -155,6 +155,12 @@ class PrivateSteps:
     the expected lot size, as Opacus scales it), after which the caller steps its optimizer; ``taken``
     counts the steps, the releases an accountant composes. ``close()`` removes Opacus's hooks so the
     model is the user's plain module again.
+
+    The clipped sum is computed in one pass (``flwr_privacy.privacy.per_example``) when every trainable
+    layer is a linear or convolutional one (the project's networks); otherwise by Opacus's per-example
+    hooks (``GradSampleModule``). Either way the noise is Opacus's (``_generate_noise``, in secure mode
+    unless ``insecure_seeded_noise``), drawn at once for the whole model, and each lot holds each example
+    independently with probability q = B / n (Poisson sampling, the rate the ledger charges).
     """
 
     def __init__(
@@ -167,55 +173,70 @@ class PrivateSteps:
         generator: torch.Generator,
         optimizer: torch.optim.Optimizer,
     ) -> None:
-        from opacus.data_loader import DPDataLoader
-        from opacus.grad_sample import GradSampleModule
-        from opacus.optimizers import DPOptimizer
-
         if not isinstance(data, TensorData):
             raise ValueError("DP-SGD samples its own lots: give the client a TensorData, not a DataLoader")
         check_private_model(model)
         self.lot = sample_size(batch_size, len(data))
-        sampling, noise = noise_generators(config, generator, device)
-        loader = DataLoader(TensorDataset(data.x, data.y), batch_size=self.lot)
-        self.loader = DPDataLoader.from_data_loader(loader, generator=sampling)
-        self.module = GradSampleModule(model)
-        self.optimizer = DPOptimizer(
-            optimizer,
-            noise_multiplier=config.noise_multiplier,
-            max_grad_norm=config.max_grad_norm,
-            expected_batch_size=self.lot,
-            generator=noise,
-            # Opacus's defence against the floating-point attack on Gaussian sampling (Holohan & Braghin
-            # 2021): each noise value the normalised sum of four draws.
-            secure_mode=not config.insecure_seeded_noise,
-        )
-        self.device = device
+        self.sampling, self.noise = noise_generators(config, generator, device)
+        self.data, self.config, self.device, self.optimizer = data, config, device, optimizer
+        self.secure_mode = not config.insecure_seeded_noise
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.model = model
+        self.hooks: Any = None
+        if unsupported_layers(model):
+            from opacus.grad_sample import GradSampleModule
+
+            self.hooks = GradSampleModule(model)
+        else:
+            self.clipped_sum = ClippedSum(model, config.max_grad_norm)
         self.taken = 0
 
     def lots(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Poisson lots, pass after pass (a lot may be empty: Opacus then yields a zero-size batch)."""
+        """Poisson lots, one after another (a lot may be empty)."""
+        n = len(self.data)
+        rate = self.lot / n
         while True:
-            for x, y in self.loader:
-                yield x.to(self.device), y.to(self.device)
+            chosen = (torch.rand(n, generator=self.sampling) < rate).nonzero().squeeze(1)
+            yield self.data.x[chosen].to(self.device), self.data.y[chosen].to(self.device)
 
-    def noisy_gradient(self, x: torch.Tensor, y: torch.Tensor, loss_fn: Any = None) -> float:
-        """Clip each example's gradient of the lot, sum, add noise, scale: the result is in ``.grad``.
-        Returns the lot's loss (local only: it is computed from the data and never sent)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        if len(y):
-            loss = (loss_fn or F.cross_entropy)(self.module(x), y)
-        else:  # an empty lot: no example's gradient, the noise alone (a mean over no example is NaN)
-            loss = self.module(x).sum() * 0.0
-        with warnings.catch_warnings():  # Opacus's hooks on a lot of no example: nothing to warn about
+    def _clipped_sum_by_hooks(self, x: torch.Tensor, y: torch.Tensor, loss_fn: Any) -> tuple[list[torch.Tensor], float]:
+        """Opacus's per-example gradients, clipped with its factor and summed."""
+        if not len(y):
+            return [torch.zeros_like(p) for p in self.params], 0.0
+        self.hooks.zero_grad(set_to_none=True)
+        loss = (loss_fn or F.cross_entropy)(self.hooks(x), y)
+        with warnings.catch_warnings():  # no input requires a gradient: nothing to warn about
             warnings.simplefilter("ignore", UserWarning)
             loss.backward()
-        value = float(loss.detach())
-        self.optimizer.pre_step()  # clip_and_accumulate, add_noise, scale_grad
+        per = [p.grad_sample.reshape(len(y), -1) for p in self.params]  # type: ignore[attr-defined]
+        norms = torch.cat(per, dim=1).norm(dim=1)
+        factors = (self.config.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        sums = [(factors @ g).reshape(p.shape) for g, p in zip(per, self.params)]
+        for p in self.params:
+            p.grad_sample = None  # type: ignore[attr-defined]
+        return sums, float(loss.detach())
+
+    def noisy_gradient(self, x: torch.Tensor, y: torch.Tensor, loss_fn: Any = None) -> float:
+        """Clip each example's gradient of the lot, sum, add noise N(0, sigma^2 C^2) to each coordinate,
+        divide by the expected lot size B: the result is in ``.grad``. Returns the lot's loss (local only:
+        it is computed from the data and never sent)."""
+        from opacus.optimizers.optimizer import _generate_noise
+
+        if self.hooks is not None:
+            sums, loss = self._clipped_sum_by_hooks(x, y, loss_fn)
+        else:
+            sums, loss = self.clipped_sum(x, y, loss_fn)
+        flat = torch.cat([s.reshape(-1) for s in sums])
+        std = self.config.noise_multiplier * self.config.max_grad_norm
+        noisy = (flat + _generate_noise(std, flat, self.noise, self.secure_mode)) / self.lot
+        for p, g in zip(self.params, noisy.split([p.numel() for p in self.params])):
+            p.grad = g.reshape(p.shape).to(p.dtype)
         self.taken += 1
-        return value
+        return loss
 
     def close(self) -> None:
-        self.module._close()
+        if self.hooks is not None:
+            self.hooks._close()
 
 
 def train_epochs_private(

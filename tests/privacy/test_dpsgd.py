@@ -162,7 +162,7 @@ def test_the_noise_is_drawn_in_opacus_secure_mode_unless_the_insecure_switch_is_
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     private = PrivateSteps(model, data(), config, 20, torch.device("cpu"), torch.Generator(), optimizer)
     try:
-        assert private.optimizer.secure_mode is (not insecure)
+        assert private.secure_mode is (not insecure)
     finally:
         private.close()
 
@@ -325,3 +325,24 @@ def test_only_dp_accountings_fractional_order_notices_are_silenced():
     record = logging.LogRecord("absl", logging.WARNING, "", 0, "RDP order 1.5: failed to converge", None, None)
     other = logging.LogRecord("absl", logging.WARNING, "", 0, "something else", None, None)
     assert notice.filter(record) is False and notice.filter(other) is True
+
+
+@pytest.mark.parametrize("norm", [False, True], ids=["one-pass", "opacus-hooks"])
+def test_every_lot_is_clipped_whether_in_one_pass_or_by_opacuss_hooks(norm):
+    """Noise all but removed: each noisy gradient is the clipped sum over B, so its norm is at most
+    C |lot| / B, for the networks the one-pass sum takes and for one it cannot (GroupNorm: Opacus's hooks)."""
+    layers = [nn.Flatten(), nn.Linear(8, 6), *([nn.GroupNorm(2, 6)] if norm else []), nn.Tanh(), nn.Linear(6, 3)]
+    model = nn.Sequential(*layers)
+    clip, lot = 1e-3, 20
+    config = DPSGDConfig(enabled=True, noise_multiplier=1e-9, max_grad_norm=clip, insecure_seeded_noise=True)
+    private = private_steps(model, data(value=100.0), config, lot)  # inputs this large: every gradient is clipped
+    assert (private.hooks is not None) is norm
+    try:
+        lots = private.lots()
+        for _ in range(5):
+            x, y = next(lots)
+            private.noisy_gradient(x, y)
+            grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+            assert 0 < grad.norm() <= clip * len(y) / lot * (1 + 1e-4)
+    finally:
+        private.close()
