@@ -1,16 +1,19 @@
 """DP-SGD's cost: one private local epoch against one plain local epoch, same model, data and lot size.
 
-A client's partition of the embedded MNIST (``--examples`` of the 5,000 images), the run's model:
+A client's partition (the first ``--examples`` training images of ``--dataset``: the embedded MNIST
+by default, ``--dataset mnist --data-dir ../shared/data/mnist`` for one client's share of full MNIST,
+6,000 of 60,000), the run's model:
 
 - plain: ``flwr_privacy.training.train_epochs``, mini-batches of B, one epoch;
 - private: ``flwr_privacy.privacy.dpsgd.train_epochs_private``, Poisson lots of expected size B, each
-  example's gradient computed (Opacus's ``GradSampleModule``), clipped, summed and noised, one epoch
-  (ceil(n / B) lots).
+  example's gradient clipped (in one pass, ``flwr_privacy.privacy.per_example``), summed and noised in
+  Opacus's secure mode, one epoch (ceil(n / B) lots).
 
 The two alternate, one of each per repeat after a warm-up of each; each time printed is the median
 over --repeats and the ratio is the median of the per-repeat ratios.
 
-    python -m experiments.benchmarks.dpsgd_epoch [--model mlp|cnn] [--batch-size B] [--threads N]
+    python -m experiments.benchmarks.dpsgd_epoch [--model mlp|cnn|...] [--batch-size B] [--threads N]
+        [--dataset mnist --data-dir ../shared/data/mnist --examples 6000]
 """
 
 from __future__ import annotations
@@ -37,13 +40,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mlp")
     parser.add_argument("--examples", type=int, default=1000)
+    parser.add_argument("--dataset", default="mnist-embedded")
+    parser.add_argument("--data-dir", default="")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    train, _ = load_dataset("mnist-embedded", "")
+    try:
+        train, _ = load_dataset(args.dataset, args.data_dir)
+    except ValueError as err:
+        parser.exit(1, f"error: {err}\n")
     data = TensorData(train.x[: args.examples], train.y[: args.examples])
     device = torch.device("cpu")
     # The same network on both sides: the private one's BatchNorm (if any) made GroupNorm, as DP-SGD needs.
@@ -64,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     plain_s = statistics.median(p for p, _ in pairs)
     private_s = statistics.median(q for _, q in pairs)
     ratio = statistics.median(q / p for p, q in pairs)
-    print(f"model {args.model}, {args.examples} examples, B={args.batch_size}, threads {torch.get_num_threads()}")
+    print(f"model {args.model}, {len(data)} examples of {args.dataset}, B={args.batch_size}, "
+          f"threads {torch.get_num_threads()}")
     print(f"plain local epoch:   {plain_s:.3f} s")
     print(f"DP-SGD local epoch:  {private_s:.3f} s")
     print(f"ratio private / plain: {ratio:.1f}x")
