@@ -3,8 +3,9 @@
 Each step of local training draws a Poisson sample of the client's examples (rate q = B / n, Abadi et
 al.'s "lot"), clips every example's gradient to L2 norm ``max_grad_norm`` (C), adds Gaussian noise of
 standard deviation ``noise_multiplier * C`` (sigma C) to their sum and divides by the expected lot
-size B: Opacus's ``GradSampleModule``, ``DPOptimizer`` and ``DPDataLoader`` do each of these, so
-the clipping and the noise are theirs, not ours. What this module adds is the wiring and the rules:
+size B. The clipped sum is computed in one pass (``flwr_privacy.privacy.per_example``, equal to Opacus's
+per-example clipping) for linear and convolutional layers, by Opacus's ``GradSampleModule`` for any
+other; the noise is Opacus's. What this module adds is the wiring and the rules:
 
 - the noise and the Poisson sample are drawn from generators seeded by ``os.urandom`` (independent of
   the run seed: a server that knows the config cannot replay either; amplification by sampling needs
@@ -16,7 +17,7 @@ the clipping and the noise are theirs, not ours. What this module adds is the wi
   (``flwr_privacy.strategies.privacy``) compose the same Gaussian events.
 
 Against the floating-point attack on Gaussian sampling (Jin et al. 2022 on Opacus, after Mironov 2012),
-the optimizer runs in Opacus's ``secure_mode``: every noise value is the sum of four Gaussian draws,
+the noise is drawn in Opacus's ``secure_mode``: every noise value is the sum of four Gaussian draws,
 halved (Holohan & Braghin 2021), unless ``insecure_seeded_noise``. Opacus's other half of secure mode, a
 cryptographically secure generator (``torchcsprng``), is not built for current PyTorch: the draws come
 from torch's generator seeded by the OS (unpredictable, not a CSPRNG). docs/privacy.md says what this does
