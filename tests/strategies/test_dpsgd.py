@@ -116,7 +116,7 @@ def test_target_epsilon_sets_the_noise_for_the_whole_run(tmp_path):
 
 @pytest.mark.parametrize("target", [1.0, 3.0, 8.0])
 def test_the_ledgers_epsilon_at_the_results_tables_settings_is_opacuss_and_the_target(target):
-    """docs/results.md's DP-SGD table (experiments/conf/experiment/dpsgd_mnist_tanh_cnn.yaml at epsilon 1,
+    """docs/results.md's DP-SGD table (experiments/conf/experiment/fedavg_mnist_tanhcnn_iid_dpsgd.yaml at epsilon 1,
     3, 8; a client's share of full MNIST, 6,000 examples): the noise derived for the target, composed over
     the run by the server's ledger (Flower's RDP accountant), is what Opacus's accountant reports for the same
     history, and within 1 % below the target."""
@@ -127,7 +127,7 @@ def test_the_ledgers_epsilon_at_the_results_tables_settings_is_opacuss_and_the_t
 
     from flwr_privacy.privacy.dpsgd import DPSGDConfig, noise_for_target
 
-    conf = Path(__file__).resolve().parents[2] / "experiments/conf/experiment/dpsgd_mnist_tanh_cnn.yaml"
+    conf = Path(__file__).resolve().parents[2] / "experiments/conf/experiment/fedavg_mnist_tanhcnn_iid_dpsgd.yaml"
     cfg = yaml.safe_load(conf.read_text())
     n, rounds = 60000 // cfg["num_clients"], cfg["num_rounds"]
     config = DPSGDConfig(enabled=True, max_grad_norm=cfg["dpsgd"]["max_grad_norm"], target_epsilon=target)
