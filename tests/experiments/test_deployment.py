@@ -51,8 +51,9 @@ class Deployment:
     def superlink(self, *security: str) -> None:
         self.spawn("superlink", str(BIN / "flower-superlink"), *security, "--host", "127.0.0.1", "--port",
                    str(self.port), "--database", str(self.root / "state.db"))
-        deadline = time.monotonic() + 60
-        while "Uvicorn running" not in self.log("superlink") and time.monotonic() < deadline:
+        deadline = time.monotonic() + 180  # minutes, not seconds, on cores shared with other work
+        while "Uvicorn running" not in self.log("superlink"):
+            assert time.monotonic() < deadline and self.processes["superlink"].poll() is None, self.log("superlink")
             time.sleep(0.5)
 
     def connection(self, *lines: str) -> None:
