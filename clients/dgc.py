@@ -152,11 +152,10 @@ class DGCClient(TrainingClient):
                 f"dpsgd: the server accounts {plan.local_steps} DP-SGD steps a round, this client takes "
                 f"local-steps={self.local_steps}: make them equal"
             )
-        optimizer = torch.optim.SGD(self.model.parameters(), lr=1.0)  # never stepped: DGC applies the gradient
         assert isinstance(self.data, TensorData)  # dpsgd_plan checked it
         with private_round(self.state, plan, len(self.data)):
             private = PrivateSteps(
-                self.model, self.data, plan.config, plan.batch_size, self.device, generator, optimizer
+                self.model, self.data, plan.config, plan.batch_size, self.device, generator
             )
             lots = private.lots()
 

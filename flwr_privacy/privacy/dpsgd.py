@@ -43,7 +43,7 @@ from torch import nn
 
 from flwr_privacy.config import section, to_section
 from flwr_privacy.data import TensorData
-from flwr_privacy.privacy.per_example import ClippedSum, unsupported_layers
+from flwr_privacy.privacy.per_example import ClippedSum, clip_factors, unsupported_layers
 
 # The name a round's spend is reported under (the ledger's mechanism).
 MECHANISM = "dp-sgd"
@@ -152,10 +152,10 @@ def noise_generators(config: DPSGDConfig, generator: torch.Generator, device: to
 class PrivateSteps:
     """One round of DP-SGD steps over one client's data: Poisson lots, per-example clipping, Gaussian noise.
 
-    ``steps()`` yields the noisy gradient of each lot, left in the parameters' ``.grad`` (the mean over
-    the expected lot size, as Opacus scales it), after which the caller steps its optimizer; ``taken``
-    counts the steps, the releases an accountant composes. ``close()`` removes Opacus's hooks so the
-    model is the user's plain module again.
+    ``lots()`` yields the Poisson lots; ``noisy_gradient(x, y)`` leaves a lot's noisy gradient in the
+    parameters' ``.grad`` (the mean over the expected lot size, as Opacus scales it), after which the
+    caller steps its optimizer; ``taken`` counts the steps, the releases an accountant composes.
+    ``close()`` removes Opacus's hooks (the fallback below) so the model is the user's plain module again.
 
     The clipped sum is computed in one pass (``flwr_privacy.privacy.per_example``) when every trainable
     layer is a linear or convolutional one (the project's networks); otherwise by Opacus's per-example
@@ -172,17 +172,15 @@ class PrivateSteps:
         batch_size: int,
         device: torch.device,
         generator: torch.Generator,
-        optimizer: torch.optim.Optimizer,
     ) -> None:
         if not isinstance(data, TensorData):
             raise ValueError("DP-SGD samples its own lots: give the client a TensorData, not a DataLoader")
         check_private_model(model)
         self.lot = sample_size(batch_size, len(data))
         self.sampling, self.noise = noise_generators(config, generator, device)
-        self.data, self.config, self.device, self.optimizer = data, config, device, optimizer
+        self.data, self.config, self.device = data, config, device
         self.secure_mode = not config.insecure_seeded_noise
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.model = model
         self.hooks: Any = None
         if unsupported_layers(model):
             from opacus.grad_sample import GradSampleModule
@@ -211,7 +209,7 @@ class PrivateSteps:
             loss.backward()
         per = [p.grad_sample.reshape(len(y), -1) for p in self.params]  # type: ignore[attr-defined]
         norms = torch.cat(per, dim=1).norm(dim=1)
-        factors = (self.config.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        factors = clip_factors(norms, self.config.max_grad_norm)
         sums = [(factors @ g).reshape(p.shape) for g, p in zip(per, self.params)]
         for p in self.params:
             p.grad_sample = None  # type: ignore[attr-defined]
@@ -256,7 +254,7 @@ def train_epochs_private(
     """``epochs`` passes of DP-SGD (ceil(n / B) Poisson lots each) on the model; returns the steps taken."""
     model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    private = PrivateSteps(model, data, config, batch_size, device, generator, optimizer)
+    private = PrivateSteps(model, data, config, batch_size, device, generator)
     try:
         lots = private.lots()
         for _ in range(round_steps(batch_size, len(data), epochs)):

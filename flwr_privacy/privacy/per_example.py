@@ -29,6 +29,11 @@ from torch import nn
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+    """c_i = min(1, C / (||g_i|| + 1e-6)), each example's clip factor (Opacus's, 1e-6 included)."""
+    return (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+
+
 def _supported(module: nn.Module) -> bool:
     if isinstance(module, nn.Linear):
         return True
@@ -90,7 +95,7 @@ class ClippedSum:
         backprops = torch.autograd.grad(loss * len(y), [out for _, _, out in seen])
         pieces = [_per_example(module, a, g) for (module, a, _), g in zip(seen, backprops)]
         squared = torch.stack([sq for piece in pieces for sq in piece.squared_norms]).sum(0)
-        factors = (self.max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
+        factors = clip_factors(squared.sqrt(), self.max_grad_norm)
         sums = {id(p): s for piece in pieces for p, s in piece.clipped_sums(factors)}
         return [sums[id(p)] for p in self.params], float(loss.detach())
 

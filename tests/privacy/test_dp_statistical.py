@@ -132,8 +132,7 @@ def dpsgd_projections(big: bool, sigma: float, runs: int, n: int = 100, lot: int
     model = nn.Sequential(nn.Flatten(), nn.Linear(1, 3, bias=False))
     # Seeded noise: the same draws every run, so the margins below hold or fail the same way each time.
     config = DPSGDConfig(enabled=True, noise_multiplier=sigma, max_grad_norm=clip, insecure_seeded_noise=True)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    private = PrivateSteps(model, data, config, lot, torch.device("cpu"), torch.Generator().manual_seed(0), optimizer)
+    private = PrivateSteps(model, data, config, lot, torch.device("cpu"), torch.Generator().manual_seed(0))
     direction = torch.ones(3) / math.sqrt(3)  # d(sum of outputs)/dW for a positive input, normalised
     lots = private.lots()
     out = np.empty(runs)

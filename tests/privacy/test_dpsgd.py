@@ -34,11 +34,8 @@ def linear(features=8, bias=False):
 
 
 def private_steps(model, tensors, config, batch_size=20, seed=0):
-    """PrivateSteps on the CPU with plain SGD, its run generator seeded ``seed``."""
-    return PrivateSteps(
-        model, tensors, config, batch_size, torch.device("cpu"), torch.Generator().manual_seed(seed),
-        torch.optim.SGD(model.parameters(), lr=1.0),
-    )
+    """PrivateSteps on the CPU, its run generator seeded ``seed``."""
+    return PrivateSteps(model, tensors, config, batch_size, torch.device("cpu"), torch.Generator().manual_seed(seed))
 
 
 def one_step(model, tensors, config, batch_size=20, seed=0, loss_fn=None):
@@ -119,8 +116,7 @@ def test_a_model_loader_instead_of_data_is_refused():
 def test_lots_are_poisson_samples_not_fixed_batches():
     config = DPSGDConfig(enabled=True)
     model = linear()
-    private = PrivateSteps(model, data(400), config, 20, torch.device("cpu"), torch.Generator().manual_seed(0),
-                           torch.optim.SGD(model.parameters(), lr=1.0))
+    private = PrivateSteps(model, data(400), config, 20, torch.device("cpu"), torch.Generator().manual_seed(0))
     lots = private.lots()
     sizes = [len(next(lots)[1]) for _ in range(200)]
     private.close()
@@ -159,8 +155,7 @@ def test_the_noise_is_drawn_in_opacus_secure_mode_unless_the_insecure_switch_is_
     """Secure mode: each noise value the halved sum of four Gaussian draws (Holohan & Braghin 2021), the
     defence against the floating-point attack on Gaussian sampling."""
     model, config = linear(), DPSGDConfig(enabled=True, insecure_seeded_noise=insecure)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    private = PrivateSteps(model, data(), config, 20, torch.device("cpu"), torch.Generator(), optimizer)
+    private = PrivateSteps(model, data(), config, 20, torch.device("cpu"), torch.Generator())
     try:
         assert private.secure_mode is (not insecure)
     finally:
