@@ -24,6 +24,7 @@ from experiments.run import to_run_config
 from flwr_privacy.baselines import centralized, federated_epochs, standalone
 from flwr_privacy.config import RunConfig
 from flwr_privacy.data import load_dataset
+from flwr_privacy.features import with_features
 from flwr_privacy.training import pick_device
 
 
@@ -50,6 +51,7 @@ def baselines(dcfg: DictConfig) -> None:
     run_config["output-dir"] = HydraConfig.get().runtime.output_dir
     cfg = validate_run_config(run_config)
     train, test = load_dataset(cfg.dataset, cfg.data_dir)
+    train, test = with_features(train, cfg.features), with_features(test, cfg.features)
     epochs = dcfg.baseline.epochs or federated_epochs(samples_per_round(cfg, len(train)), cfg.num_rounds, len(train))
     device = pick_device(cfg.device)
     central = centralized(cfg.model, train, test, epochs, cfg.sgd, device, cfg.seed)

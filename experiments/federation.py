@@ -17,6 +17,7 @@ from experiments.algorithms import ClientSetup, ServerSetup
 from flwr_privacy import registry
 from flwr_privacy.config import RunConfig, section
 from flwr_privacy.data import TensorData, load_dataset
+from flwr_privacy.features import with_features
 from flwr_privacy.models import build_model
 from flwr_privacy.partition import partition
 from flwr_privacy.privacy.dpsgd import DPSGDConfig, DPSGDPlan, make_private_model, noise_for_target
@@ -84,14 +85,21 @@ def check_partitions(cfg: RunConfig) -> None:
 
 
 def client_data(cfg: RunConfig, partition_id: int) -> TensorData:
-    """The training examples that client ``partition_id`` holds."""
+    """The training examples that client ``partition_id`` holds, as its model takes them (``features``:
+    computed by the client from its own images)."""
     if not 0 <= partition_id < cfg.num_clients:
         raise ValueError(f"partition-id={partition_id} is outside [0, num-clients={cfg.num_clients})")
     train, _ = load_dataset(cfg.dataset, cfg.data_dir)
     parts = client_partitions(
         cfg.dataset, cfg.data_dir, cfg.partition, cfg.num_clients, cfg.seed, cfg.alpha, cfg.shards_per_client
     )
-    return train.subset(parts[partition_id])
+    return with_features(train.subset(parts[partition_id]), cfg.features)
+
+
+def server_test_set(cfg: RunConfig) -> TensorData:
+    """The server's held-out test set, as the model takes it."""
+    _, test = load_dataset(cfg.dataset, cfg.data_dir)
+    return with_features(test, cfg.features)
 
 
 def make_evaluate_fn(cfg: RunConfig, test: TensorData, model: torch.nn.Module):
@@ -112,7 +120,7 @@ def make_evaluate_fn(cfg: RunConfig, test: TensorData, model: torch.nn.Module):
 def make_strategy(cfg: RunConfig, run_config: dict[str, Any], on_round: RoundCallback | None = None):
     """The Flower Strategy of the algorithm a run config names, initialised with the seeded global model."""
     algorithm = registry.get(cfg.strategy)
-    _, test = load_dataset(cfg.dataset, cfg.data_dir)
+    test = server_test_set(cfg)
     model = model_for(cfg, run_config, test.in_shape)
     options = dict(
         initial_arrays=model_to_arrays(model),

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from flwr_privacy.data import DATASETS
+from flwr_privacy.features import FEATURES
 from flwr_privacy.models import MODELS
 from flwr_privacy.partition import PARTITIONS
 from flwr_privacy.training import SGDSettings
@@ -40,6 +41,8 @@ class RunConfig:
     strategy: str = "fedavg"
     dataset: str = "mnist-embedded"
     data_dir: str = ""
+    # what the model trains on: the images, or their ScatterNet features (flwr_privacy.features)
+    features: str = "pixels"
     model: str = "cnn"
     partition: str = "iid"
     alpha: float = 0.5
@@ -75,7 +78,10 @@ class RunConfig:
             if not isinstance(value, expected) or (f.type in ("int", "float") and isinstance(value, bool)):
                 raise ValueError(f"{_key(f.name)}={value!r} must be of type {f.type}")
         self._choice("dataset", DATASETS)
+        self._choice("features", FEATURES)
         self._choice("model", tuple(MODELS))
+        if self.augment and self.features != "pixels":
+            raise ValueError(f"augment=true flips and crops images; features={self.features!r} are not images")
         self._choice("partition", PARTITIONS)
         self._choice("device", DEVICES)
         self._choice("downlink", DOWNLINKS)

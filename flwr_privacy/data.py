@@ -140,7 +140,7 @@ def load_mnist(data_dir: Path) -> tuple[TensorData, TensorData]:
     )
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
     path = Path(os.environ.get("FLWR_PRIVACY_CACHE", Path.home() / ".cache" / "flwr-privacy"))
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -150,7 +150,7 @@ def _cached_npz(source: Path, build) -> dict[str, np.ndarray]:
     """Load the decoded arrays for ``source`` from the cache, building them once."""
     stat = source.stat()
     key = hashlib.sha1(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    path = _cache_dir() / f"{source.name}-{key}.npz"
+    path = cache_dir() / f"{source.name}-{key}.npz"
     if not path.exists():
         arrays = build()
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")

@@ -190,7 +190,10 @@ def check_update_norm(update_norm: float, weights_norm: float, ratio: float) -> 
     """An update's L2 norm must stay within ``ratio`` times the global model's (at least ``ratio``)."""
     bound = ratio * max(weights_norm, 1.0)
     if not update_norm <= bound:
-        raise ValueError(f"update norm {update_norm:.4g} is over {ratio:g} x the global model's norm ({bound:.4g})")
+        raise ValueError(
+            f"update norm {update_norm:.4g} is over {ratio:g} x the global model's norm {weights_norm:.4g} "
+            f"(at least {ratio:g}): bound {bound:.4g}"
+        )
 
 
 def check_num_examples(value: Any) -> int:
