@@ -4,6 +4,12 @@ rounds it sits out and across client rebuilds; a client whose budget would be ex
 The accountant is Flower's (``flwr.serverapp.PrivacyAccountant``, its RDP implementation over Google's
 dp-accounting); the events are DP-SGD's sampled Gaussian releases as ``flwr_privacy.privacy.dpsgd``
 plans them. The server keeps its own ledger from the config alone (``flwr_privacy.strategies.privacy``).
+
+Flower's accountant state lists every ``compose`` call, and loading it replays them, each an RDP
+computation (a quarter of a second here): a client in its 200th round replayed 199. The state kept here
+merges consecutive releases of the same event into one with their summed count (RDP composes linearly,
+so the bound is the same), and a round without ``dpsgd.max-epsilon`` appends its release to the state
+without computing anything: only a budget check, or asking what was spent, composes.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from flwr.common import ConfigRecord, RecordDict
 from flwr.serverapp import GaussianPrivacyEvent, PrivacyConfig
@@ -26,7 +33,7 @@ class PrivacyBudgetExhausted(ValueError):
     """This client's next round would spend more than its ``dpsgd.max-epsilon``: it declines to train."""
 
 
-def load_accountant(state: RecordDict, plan: DPSGDPlan, num_examples: int) -> RdpAccountant:
+def _new_accountant(plan: DPSGDPlan, num_examples: int) -> RdpAccountant:
     config = PrivacyConfig(
         target_delta=plan.config.delta,
         population_size=num_examples,
@@ -34,32 +41,59 @@ def load_accountant(state: RecordDict, plan: DPSGDPlan, num_examples: int) -> Rd
         sampling_method=SamplingMethod.POISSON,
         max_epsilon=plan.config.max_epsilon or None,
     )
-    accountant = RdpAccountant(config)
-    if ACCOUNTANT_KEY in state.config_records:
-        accountant.load_state_dict(json.loads(str(state.config_records[ACCOUNTANT_KEY]["json"])))
+    return RdpAccountant(config)
+
+
+def _saved(state: RecordDict) -> dict[str, Any] | None:
+    if ACCOUNTANT_KEY not in state.config_records:
+        return None
+    return json.loads(str(state.config_records[ACCOUNTANT_KEY]["json"]))
+
+
+def load_accountant(state: RecordDict, plan: DPSGDPlan, num_examples: int) -> RdpAccountant:
+    accountant = _new_accountant(plan, num_examples)
+    saved = _saved(state)
+    if saved is not None:
+        accountant.load_state_dict(saved)
     return accountant
+
+
+def _charge(state: RecordDict, plan: DPSGDPlan, num_examples: int, event: GaussianPrivacyEvent, count: int) -> None:
+    """Append ``count`` releases of ``event`` to the accountant state in ``state``, merged with the last
+    composition when it is the same event."""
+    saved = _saved(state) or _new_accountant(plan, num_examples).state_dict()
+    release = {
+        "noise_multiplier": event.noise_multiplier,
+        "sample_size": event.sample_size,
+        "population_size": event.population_size,
+    }
+    compositions = saved["compositions"]
+    if compositions and compositions[-1]["event"] == release:
+        compositions[-1]["count"] += count
+    else:
+        compositions.append({"event": release, "count": count})
+    state[ACCOUNTANT_KEY] = ConfigRecord({"json": json.dumps(saved)})
 
 
 @contextmanager
 def private_round(state: RecordDict, plan: DPSGDPlan, num_examples: int) -> Iterator[int]:
     """Around one round of DP-SGD: refuses it if it would exceed the budget, yields the steps to take, and
     charges them to the accountant in ``state`` once the round's training is done (what is released)."""
-    accountant = load_accountant(state, plan, num_examples)
     steps = plan.steps(num_examples)
     event = GaussianPrivacyEvent(
         noise_multiplier=plan.config.noise_multiplier,
         sample_size=sample_size(plan.batch_size, num_examples),
         population_size=num_examples,
     )
-    if plan.config.max_epsilon and accountant.would_exceed(event, count=steps):
+    accountant = load_accountant(state, plan, num_examples) if plan.config.max_epsilon else None
+    if accountant is not None and accountant.would_exceed(event, count=steps):
         spent = accountant.get_privacy_spent().epsilon if accountant.num_releases else 0.0
         raise PrivacyBudgetExhausted(
             f"privacy budget exhausted: epsilon {spent:.4g} of dpsgd.max-epsilon={plan.config.max_epsilon:g} "
             f"spent (delta {plan.config.delta:g}); another round would exceed it, so this client declines to train"
         )
     yield steps
-    accountant.compose(event, count=steps)
-    state[ACCOUNTANT_KEY] = ConfigRecord({"json": json.dumps(accountant.state_dict())})
+    _charge(state, plan, num_examples, event, steps)
 
 
 def spent_epsilon(state: RecordDict, plan: DPSGDPlan, num_examples: int) -> float:

@@ -160,3 +160,29 @@ def test_the_ledgers_epsilon_at_the_results_tables_settings_is_opacuss_and_the_t
     ledger = dpsgd_spent(charged, total).epsilon
     assert ledger == pytest.approx(opacus_epsilon(sigma, cfg["batch_size"] / n, total), rel=0.01)
     assert 0.99 * target <= ledger <= target * 1.001
+
+
+def test_a_clients_accountant_state_stays_one_entry_per_event_and_composes_as_opacus():
+    """Two hundred rounds of one DP-SGD step (DGC's) cost no replay of 199 earlier ones: the state in
+    context.state merges same-event rounds, and its epsilon is the composition of all of them."""
+    import json
+
+    from flwr.common import RecordDict
+    from flwr_privacy.clients.privacy import ACCOUNTANT_KEY, private_round
+
+    from flwr_privacy.privacy.dpsgd import DPSGDConfig
+
+    state = RecordDict()
+    plan = DPSGDPlan(DPSGDConfig(enabled=True, noise_multiplier=1.3), batch_size=600, min_examples=6000, local_steps=1)
+    for _ in range(200):
+        with private_round(state, plan, 6000) as steps:
+            assert steps == 1
+    assert len(json.loads(str(state.config_records[ACCOUNTANT_KEY]["json"]))["compositions"]) == 1
+    assert spent_epsilon(state, plan, 6000) == pytest.approx(opacus_epsilon(1.3, 0.1, 200), rel=0.01)
+    # a round at another noise is another entry, and both count
+    louder = DPSGDPlan(DPSGDConfig(enabled=True, noise_multiplier=2.0), 600, 6000, local_steps=1)
+    with private_round(state, louder, 6000):
+        pass
+    accountant = RDPAccountant()
+    accountant.history = [(1.3, 0.1, 200), (2.0, 0.1, 1)]
+    assert spent_epsilon(state, plan, 6000) == pytest.approx(accountant.get_epsilon(1e-5), rel=0.01)
