@@ -128,8 +128,8 @@ def test_target_epsilon_sets_the_noise_for_the_whole_run(tmp_path):
 
 
 EXPERIMENTS = [
-    "fedavg_mnist_tanhcnn_iid_dpsgd", "fedavg_mnist_scatternet_iid_dpsgd", "dgc_mnist_scatternet_iid_dpsgd",
-    "dssgd_mnist_scatternet_iid_dpsgd",
+    "fedavg_mnist_tanhcnn_iid_dpsgd", "fedavg_mnist_scatterlinear_iid_dpsgd", "dgc_mnist_scatterlinear_iid_dpsgd",
+    "dssgd_mnist_scatterlinear_iid_dpsgd",
 ]
 
 
