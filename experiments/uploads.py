@@ -90,9 +90,9 @@ def parse_setting(name: str) -> Setting:
     if algorithm == "fedavg" and steps:
         fields["steps"] = int(value)
     if algorithm == "dgc":
-        fields["sparsity"] = float(value) / 100
+        fields["sparsity"] = round(float(value) / 100, 12)  # 99.9 / 100 is 0.9990000000000001
     if algorithm == "dssgd":
-        fields["theta_u"] = float(value) / 100
+        fields["theta_u"] = round(float(value) / 100, 12)
     if defence is not None:
         fields["dpsgd_epsilon" if defence == "dp" else "svt_epsilon"] = float(epsilon)
     return Setting(name, algorithm, **fields)

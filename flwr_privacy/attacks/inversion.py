@@ -160,17 +160,13 @@ def output_layer(model: nn.Module, num_classes: int) -> tuple[slice, slice | Non
 
 def _counts_from_bias(gradient: torch.Tensor, expected_probs: torch.Tensor, batch: int) -> torch.Tensor:
     """Images per label from the bias gradient g_c = mean_i (p_ic - [y_i = c]): n_c = B (p_c - g_c), rounded
-    to B in total by largest remainders."""
-    estimate = (batch * (expected_probs - gradient)).clamp_min(0)
-    counts = estimate.floor()
-    remainder = estimate - counts
-    missing = batch - int(counts.sum())
-    if missing > 0:
-        counts[torch.topk(remainder, min(missing, len(remainder))).indices] += 1
-    while int(counts.sum()) < batch:  # every estimate was below one: the most negative gradients get the rest
-        counts[torch.argmin(gradient + counts)] += 1
+    to B in total by largest remainders (the estimate, not its floor at 0, ranks the labels)."""
+    estimate = batch * (expected_probs - gradient)
+    counts = estimate.clamp_min(0).floor()
+    while int(counts.sum()) < batch:
+        counts[torch.argmax(estimate - counts)] += 1
     while int(counts.sum()) > batch:
-        counts[torch.argmax(torch.where(counts > 0, gradient, -math.inf))] -= 1
+        counts[torch.argmin(torch.where(counts > 0, estimate - counts, math.inf))] -= 1
     return counts.long()
 
 
