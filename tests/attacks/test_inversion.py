@@ -53,9 +53,8 @@ def attack(setting: str, model, x, y, config: InversionConfig = BUDGET) -> tuple
     """PSNR of the reconstruction of (x, y) from one round's upload in ``setting``, and whether the label came out."""
     upload = one_round(parse_setting(setting), model, x, y)
     labels = recover_labels(model, upload.observation, len(y), 10, upload.training, torch.zeros(1, 1, 28, 28))
-    result = invert(
-        model, upload.observation, labels, (1, 28, 28), upload.training, config, BOUNDS, torch.Generator().manual_seed(0)
-    )
+    generator = torch.Generator().manual_seed(0)
+    result = invert(model, upload.observation, labels, (1, 28, 28), upload.training, config, BOUNDS, generator)
     scores = score(to_unit_range(result.images, MEAN, STD), to_unit_range(x, MEAN, STD), labels, y)
     return sum(scores.psnr) / len(scores.psnr), scores.label_accuracy == 1
 

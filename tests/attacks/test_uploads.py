@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from flwr_privacy.strategies.privacy import dpsgd_spent
 
 from experiments.uploads import DSSGD_GAMMA, Setting, dpsgd_plan, one_round, parse_setting
 from flwr_privacy.algorithms.dgc import DGCConfig, dense_tensors, entries_sent
 from flwr_privacy.algorithms.dssgd import num_upload
 from flwr_privacy.attacks.inversion import LocalTraining, simulate
 from flwr_privacy.models import build_model
-from flwr_privacy.strategies.privacy import dpsgd_spent
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,9 @@ def test_setting_names_are_parsed(name, expected):
     assert parsed == expected
 
 
-@pytest.mark.parametrize("name", ["fedavg-5", "dgc", "dgc-5steps", "dgc-99+svt1", "sgd", "fedavg+dp", "dssgd-1+dp1+svt1"])
+@pytest.mark.parametrize(
+    "name", ["fedavg-5", "dgc", "dgc-5steps", "dgc-99+svt1", "sgd", "fedavg+dp", "dssgd-1+dp1+svt1"]
+)
 def test_a_setting_outside_the_grammar_is_refused(name):
     with pytest.raises(ValueError, match="setting"):
         parse_setting(name)
