@@ -133,7 +133,8 @@ def one_round(
     trainable = trainable_mask(model)
     plan = dpsgd_plan(setting, batch, dp_rounds)
     data = TensorData(images.detach().cpu(), labels.detach().cpu())
-    local = copy.deepcopy(model)
+    # In training mode, as a client's model arrives: DGC's DP-SGD checks the model (Opacus) before its first step.
+    local = copy.deepcopy(model).train()
     common: dict[str, Any] = {"state": RecordDict(), "seed": seed, "device": "cpu"}
     rounds: AlgorithmRounds
     epsilon = None if plan is None else float(dpsgd_spent(plan, plan.steps(batch)).epsilon)

@@ -84,6 +84,13 @@ def test_dp_sgd_s_noise_is_the_ledger_s_for_the_stated_epsilon(model, batch):
     assert abs(float(cosine)) < 0.2  # the noise, sigma C / B per entry, swamps an update of norm <= lr C
 
 
+@pytest.mark.parametrize("setting", ["dgc-99+dp8", "dssgd-10+dp8", "fedavg-2steps+dp8"])
+def test_every_algorithm_runs_dp_sgd_from_a_model_in_evaluation_mode(model, batch, setting):
+    upload = one_round(parse_setting(setting), model.eval(), *batch)
+    assert upload.epsilon == pytest.approx(8.0, rel=0.01)
+    assert not model.training  # the global model is left as it was
+
+
 def test_dssgd_s_svt_spends_its_epsilon(model, batch):
     upload = one_round(parse_setting("dssgd-1+svt1"), model, *batch)
     assert upload.epsilon == pytest.approx(1.0)
