@@ -60,9 +60,10 @@ def plot(points: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     datasets = [d for d in DATASETS if any(p["dataset"] == d for p in points)] or list(DATASETS)
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 6.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         mine = [p for p in points if p["dataset"] == dataset]
         for i, label in enumerate(sorted({p["label"] for p in mine})):
@@ -76,14 +77,18 @@ def plot(points: list[dict[str, Any]], path: Path) -> None:
                 if p["label"] == label and p["epsilon"] is None:
                     ax.axhline(p["accuracy"], color=color, linestyle="--", linewidth=1, label=f"{label}, no DP")
         for j, (where, what, epsilon, accuracy) in enumerate(a for a in ANCHORS if a[0] == dataset):
-            ax.plot([epsilon], [accuracy], marker="*^sD"[j % 4], markersize=10, color="black", linestyle="none",
+            ax.plot([epsilon], [accuracy], marker="*^sD"[j % 4], markersize=9, color="black", linestyle="none",
                     markerfacecolor="none", label=f"{what} (centralized)")
         ax.set_xscale("log")
+        ax.set_xlim(0.7, 12)
+        ax.set_xticks([1, 2, 3, 5, 8])
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("epsilon (delta 1e-5 per client)")
         ax.set_ylabel("test accuracy")
         ax.set_title(DATASETS.get(dataset, dataset))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
