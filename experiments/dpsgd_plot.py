@@ -76,7 +76,7 @@ def plot(points: list[dict[str, Any]], path: Path) -> None:
             for p in mine:
                 if p["label"] == label and p["epsilon"] is None:
                     ax.axhline(p["accuracy"], color=color, linestyle="--", linewidth=1, label=f"{label}, no DP")
-        for j, (where, what, epsilon, accuracy) in enumerate(a for a in ANCHORS if a[0] == dataset):
+        for j, (_, what, epsilon, accuracy) in enumerate(a for a in ANCHORS if a[0] == dataset):
             ax.plot([epsilon], [accuracy], marker="*^sD"[j % 4], markersize=9, color="black", linestyle="none",
                     markerfacecolor="none", label=f"{what} (centralized)")
         ax.set_xscale("log")
