@@ -80,6 +80,9 @@ class RunConfig:
         self._choice("dataset", DATASETS)
         self._choice("features", FEATURES)
         self._choice("model", tuple(MODELS))
+        if self.model == "scatter-linear" and self.features != "scatternet":
+            raise ValueError(f"model=scatter-linear trains on ScatterNet features; features={self.features!r}: "
+                             "set features=scatternet")
         if self.augment and self.features != "pixels":
             raise ValueError(f"augment=true flips and crops images; features={self.features!r} are not images")
         self._choice("partition", PARTITIONS)

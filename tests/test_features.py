@@ -51,6 +51,7 @@ def test_features_are_computed_once_and_read_back_from_the_cache(mnist_sample, m
     [
         ({"features": "sift"}, r"features='sift' is unknown; allowed: \['pixels', 'scatternet'\]"),
         ({"features": "scatternet", "augment": True}, r"augment=true flips and crops images"),
+        ({"model": "scatter-linear"}, r"model=scatter-linear trains on ScatterNet features; features='pixels'"),
     ],
 )
 def test_bad_feature_settings_name_the_key(overrides, match):
