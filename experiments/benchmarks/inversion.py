@@ -43,7 +43,7 @@ DATA = {  # data set: (its default folder, its normalisation); mnist-embedded sh
     "cifar10": ("../shared/data/cifar-10/exact-subset", CIFAR_STATS),  # pixel-exact, 4,000 + 1,000 images
 }
 TRAIN_BATCH = 32
-DENSE_TV, SPARSE_TV = 1e-3, 1e-1
+DENSE_TV, SPARSE_TV = InversionConfig.tv_weight, 1e-1
 
 
 @dataclass(frozen=True)
@@ -158,13 +158,13 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--model", default="cnn", choices=sorted(MODELS))
     parser.add_argument("--images", type=int, default=1, help="private images attacked, in batches of --batch-size")
     parser.add_argument("--batch-size", type=int, default=1, help="B: one client's data, one upload")
-    parser.add_argument("--restarts", type=int, default=2)
-    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--restarts", type=int, default=InversionConfig.restarts)
+    parser.add_argument("--iterations", type=int, default=InversionConfig.iterations)
     parser.add_argument(
         "--tv", type=float, default=None,
         help=f"alpha, the TV weight (default: {DENSE_TV:g} on a dense upload without DP, else {SPARSE_TV:g})",
     )
-    parser.add_argument("--attack-lr", type=float, default=0.1, help="Adam's step size on the images")
+    parser.add_argument("--attack-lr", type=float, default=InversionConfig.lr, help="Adam's step size on the images")
     parser.add_argument("--settings", default="fedavg", help=f"comma-separated, or 'all': {', '.join(SETTINGS)}")
     parser.add_argument("--train-steps", type=int, default=0, help="SGD steps of 32 images before the round (0: init)")
     parser.add_argument("--lr", type=float, default=0.05, help="the client's local learning rate")

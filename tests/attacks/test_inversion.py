@@ -75,7 +75,6 @@ def test_dp_sgd_noise_costs_the_attack_its_reconstruction(mnist, cnn, dense_psnr
     assert noised < 15.0 < dense_psnr - 10
 
 
-@pytest.mark.slow
 def test_dgc_top_k_at_99_9_percent_leaves_a_much_worse_reconstruction(mnist, cnn, dense_psnr):
     sparse, label_found = attack("dgc-99.9", cnn, mnist.x[:1], mnist.y[:1], InversionConfig(200, 1, tv_weight=0.1))
     assert label_found  # DGC sends the output bias whole
