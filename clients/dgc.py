@@ -154,6 +154,7 @@ class DGCClient(TrainingClient):
             )
         assert isinstance(self.data, TensorData)  # dpsgd_plan checked it
         with private_round(self.state, plan, len(self.data)):
+            self.model.train()  # Opacus validates the model in training mode, whatever mode it came in
             private = PrivateSteps(
                 self.model, self.data, plan.config, plan.batch_size, self.device, generator
             )

@@ -61,13 +61,13 @@ def load_accountant(state: RecordDict, plan: DPSGDPlan, num_examples: int) -> Rd
 def _charge(state: RecordDict, plan: DPSGDPlan, num_examples: int, event: GaussianPrivacyEvent, count: int) -> None:
     """Append ``count`` releases of ``event`` to the accountant state in ``state``, merged with the last
     composition when it is the same event."""
-    saved = _saved(state) or _new_accountant(plan, num_examples).state_dict()
+    saved: dict[str, Any] = _saved(state) or _new_accountant(plan, num_examples).state_dict()
     release = {
         "noise_multiplier": event.noise_multiplier,
         "sample_size": event.sample_size,
         "population_size": event.population_size,
     }
-    compositions = saved["compositions"]
+    compositions: list[dict[str, Any]] = saved["compositions"]
     if compositions and compositions[-1]["event"] == release:
         compositions[-1]["count"] += count
     else:

@@ -133,8 +133,7 @@ def one_round(
     trainable = trainable_mask(model)
     plan = dpsgd_plan(setting, batch, dp_rounds)
     data = TensorData(images.detach().cpu(), labels.detach().cpu())
-    # In training mode, as a client's model arrives: DGC's DP-SGD checks the model (Opacus) before its first step.
-    local = copy.deepcopy(model).train()
+    local = copy.deepcopy(model)
     common: dict[str, Any] = {"state": RecordDict(), "seed": seed, "device": "cpu"}
     rounds: AlgorithmRounds
     epsilon = None if plan is None else float(dpsgd_spent(plan, plan.steps(batch)).epsilon)
