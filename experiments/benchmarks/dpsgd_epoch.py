@@ -6,8 +6,9 @@ by default, ``--dataset mnist --data-dir ../shared/data/mnist`` for one client's
 
 - plain: ``flwr_privacy.training.train_epochs``, mini-batches of B, one epoch;
 - private: ``flwr_privacy.privacy.dpsgd.train_epochs_private``, Poisson lots of expected size B, each
-  example's gradient clipped (in one pass, ``flwr_privacy.privacy.per_example``), summed and noised in
-  Opacus's secure mode, one epoch (ceil(n / B) lots).
+  example's gradient clipped (in one pass, ``flwr_privacy.privacy.per_example``), summed and noised by
+  ``flwr_privacy.privacy.noise.SecureGaussian`` (float64, from an AES-CTR keystream), one epoch
+  (ceil(n / B) lots).
 
 The two alternate, one of each per repeat after a warm-up of each; each time printed is the median
 over --repeats and the ratio is the median of the per-repeat ratios.
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     # The same network on both sides: the private one's BatchNorm (if any) made GroupNorm, as DP-SGD needs.
     model = make_private_model(build_model(args.model, data.in_shape, 10, seed=0))
     settings = SGDSettings(lr=0.05, batch_size=args.batch_size)
-    # As clients run it: noise from an OS-seeded generator, in Opacus's secure mode (four draws a value).
+    # As clients run it: secure noise (a keystream keyed by the OS), not the seeded test-only noise.
     config = DPSGDConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0)
 
     def plain() -> None:

@@ -5,11 +5,13 @@ al.'s "lot"), clips every example's gradient to L2 norm ``max_grad_norm`` (C), a
 standard deviation ``noise_multiplier * C`` (sigma C) to their sum and divides by the expected lot
 size B. The clipped sum is computed in one pass (``flwr_privacy.privacy.per_example``, equal to Opacus's
 per-example clipping) for linear and convolutional layers, by Opacus's ``GradSampleModule`` for any
-other; the noise is Opacus's. What this module adds is the wiring and the rules:
+other; the noise is ``flwr_privacy.privacy.noise.SecureGaussian``'s. What this module adds is the wiring
+and the rules:
 
-- the noise and the Poisson sample are drawn from generators seeded by ``os.urandom`` (independent of
-  the run seed: a server that knows the config cannot replay either; amplification by sampling needs
-  the sample to be secret too); ``insecure_seeded_noise`` seeds both from the run's generator, for tests;
+- the noise comes from an AES-CTR keystream keyed by ``os.urandom``, the Poisson sample from a generator
+  seeded by it (independent of the run seed: a server that knows the config cannot replay either;
+  amplification by sampling needs the sample to be secret too); ``insecure_seeded_noise`` draws both
+  from generators seeded by the run's, for tests;
 - a model must pass Opacus's ``ModuleValidator`` (no BatchNorm: ``make_private_model`` swaps it for
   GroupNorm, as Opacus's ``fix`` does) and carry no buffers, which would leave the client un-noised;
 - what a round spends is a function of the config and the client's example count alone
@@ -17,11 +19,11 @@ other; the noise is Opacus's. What this module adds is the wiring and the rules:
   (``flwr_privacy.strategies.privacy``) compose the same Gaussian events.
 
 Against the floating-point attack on Gaussian sampling (Jin et al. 2022 on Opacus, after Mironov 2012),
-the noise is drawn in Opacus's ``secure_mode``: every noise value is the sum of four Gaussian draws,
-halved (Holohan & Braghin 2021), unless ``insecure_seeded_noise``. Opacus's other half of secure mode, a
-cryptographically secure generator (``torchcsprng``), is not built for current PyTorch: the draws come
-from torch's generator seeded by the OS (unpredictable, not a CSPRNG). docs/privacy.md says what this does
-and does not protect.
+the noise is drawn in float64 from 53-bit uniforms and added to the clipped sum in float64; the noisy
+gradient is rounded to the parameters' dtype once, after that (the ``noise`` module says what this buys
+and what it does not; docs/privacy.md why it replaced Opacus's secure mode, four Gaussian draws a value).
+``insecure_seeded_noise`` draws ``torch.normal`` from the seeded generator instead, as Opacus does
+outside its secure mode.
 
 Opacus is imported where it is used: it adds seconds to the start of every client process, and a
 client without DP-SGD never needs it.
@@ -43,6 +45,7 @@ from torch import nn
 
 from flwr_privacy.config import section, to_section
 from flwr_privacy.data import TensorData
+from flwr_privacy.privacy.noise import SecureGaussian
 from flwr_privacy.privacy.per_example import ClippedSum, clip_factors, unsupported_layers
 
 # The name a round's spend is reported under (the ledger's mechanism).
@@ -138,30 +141,30 @@ def check_private_model(model: nn.Module) -> None:
 
 
 def noise_generators(config: DPSGDConfig, generator: torch.Generator, device: torch.device) -> tuple[
-    torch.Generator, torch.Generator
+    torch.Generator, torch.Generator | None
 ]:
-    """(sampling, noise) generators: seeded by the OS, or from ``generator`` with ``insecure_seeded_noise``."""
+    """(sampling, noise) generators: the sampling one seeded by the OS and no noise generator (the noise is
+    ``SecureGaussian``'s), or both seeded from ``generator`` with ``insecure_seeded_noise``."""
     seeds = [int(torch.randint(0, 2**62, (1,), generator=generator)) for _ in range(2)]
     if not config.insecure_seeded_noise:
-        seeds = [int.from_bytes(os.urandom(8), "little") for _ in range(2)]
-    sampling = torch.Generator().manual_seed(seeds[0])
-    noise = torch.Generator(device=device).manual_seed(seeds[1])
-    return sampling, noise
+        return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little")), None
+    return torch.Generator().manual_seed(seeds[0]), torch.Generator(device=device).manual_seed(seeds[1])
 
 
 class PrivateSteps:
     """One round of DP-SGD steps over one client's data: Poisson lots, per-example clipping, Gaussian noise.
 
     ``lots()`` yields the Poisson lots; ``noisy_gradient(x, y)`` leaves a lot's noisy gradient in the
-    parameters' ``.grad`` (the mean over the expected lot size, as Opacus scales it), after which the
-    caller steps its optimizer; ``taken`` counts the steps, the releases an accountant composes.
+    parameters' ``.grad`` (the mean over the expected lot size, as Opacus scales it, in buffers the next
+    step overwrites), after which the caller steps its optimizer; ``taken`` counts the steps, the releases
+    an accountant composes.
     ``close()`` removes Opacus's hooks (the fallback below) so the model is the user's plain module again.
 
     The clipped sum is computed in one pass (``flwr_privacy.privacy.per_example``) when every trainable
     layer is a linear or convolutional one (the project's networks); otherwise by Opacus's per-example
-    hooks (``GradSampleModule``). Either way the noise is Opacus's (``_generate_noise``, in secure mode
-    unless ``insecure_seeded_noise``), drawn at once for the whole model, and each lot holds each example
-    independently with probability q = B / n (Poisson sampling, the rate the ledger charges).
+    hooks (``GradSampleModule``). Either way the noise is drawn at once for the whole model (by a
+    ``SecureGaussian`` unless ``insecure_seeded_noise``), and each lot holds each example independently
+    with probability q = B / n (Poisson sampling, the rate the ledger charges).
     """
 
     def __init__(
@@ -177,10 +180,15 @@ class PrivateSteps:
             raise ValueError("DP-SGD samples its own lots: give the client a TensorData, not a DataLoader")
         check_private_model(model)
         self.lot = sample_size(batch_size, len(data))
-        self.sampling, self.noise = noise_generators(config, generator, device)
-        self.data, self.config, self.device = data, config, device
-        self.secure_mode = not config.insecure_seeded_noise
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.sizes = [p.numel() for p in self.params]
+        # the noisy gradients' buffers, kept from step to step: a step allocates no gradient
+        self.grads = [torch.empty(p.shape, dtype=p.dtype, device=p.device) for p in self.params]
+        self.sampling, seeded = noise_generators(config, generator, device)
+        self.noise: SecureGaussian | torch.Generator = (
+            SecureGaussian(sum(self.sizes), device) if seeded is None else seeded
+        )
+        self.data, self.config, self.device = data, config, device
         self.hooks: Any = None
         if unsupported_layers(model):
             from opacus.grad_sample import GradSampleModule
@@ -219,17 +227,24 @@ class PrivateSteps:
         """Clip each example's gradient of the lot, sum, add noise N(0, sigma^2 C^2) to each coordinate,
         divide by the expected lot size B: the result is in ``.grad``. Returns the lot's loss (local only:
         it is computed from the data and never sent)."""
-        from opacus.optimizers.optimizer import _generate_noise
-
         if self.hooks is not None:
             sums, loss = self._clipped_sum_by_hooks(x, y, loss_fn)
         else:
             sums, loss = self.clipped_sum(x, y, loss_fn)
-        flat = torch.cat([s.reshape(-1) for s in sums])
         std = self.config.noise_multiplier * self.config.max_grad_norm
-        noisy = (flat + _generate_noise(std, flat, self.noise, self.secure_mode)) / self.lot
-        for p, g in zip(self.params, noisy.split([p.numel() for p in self.params])):
-            p.grad = g.reshape(p.shape).to(p.dtype)
+        if isinstance(self.noise, SecureGaussian):
+            # sum / B + N(0, (sigma C / B)^2) in float64, rounded once into .grad (the mitigation, module docstring)
+            noise = self.noise.sample(std / self.lot)
+            for s, n, g in zip(sums, noise.split(self.sizes), self.grads):
+                g.view(-1).copy_(n.add_(s.reshape(-1), alpha=1 / self.lot))
+        else:
+            noise = torch.normal(
+                0.0, std, (sum(self.sizes),), generator=self.noise, device=self.device, dtype=sums[0].dtype
+            )
+            for s, n, g in zip(sums, noise.split(self.sizes), self.grads):
+                torch.add(s.reshape(-1), n, out=g.view(-1)).div_(self.lot)
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
         self.taken += 1
         return loss
 

@@ -114,11 +114,11 @@ def _per_example(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> _LayerP
     trainable = {name: p for name, p in module.named_parameters(recurse=False) if p.requires_grad}
     weight, bias = trainable.get("weight"), trainable.get("bias")
     if isinstance(module, nn.Linear) and a.dim() == 2:
-        squared = []
+        squared, g_squared = [], g.pow(2).sum(1)
         if weight is not None:
-            squared.append(g.pow(2).sum(1) * a.pow(2).sum(1))
+            squared.append(g_squared * a.pow(2).sum(1))
         if bias is not None:
-            squared.append(g.pow(2).sum(1))
+            squared.append(g_squared)
 
         def linear_sums(c: torch.Tensor) -> list[tuple[nn.Parameter, torch.Tensor]]:
             weighted = g * c.unsqueeze(1)

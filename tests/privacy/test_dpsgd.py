@@ -22,6 +22,7 @@ from flwr_privacy.privacy.dpsgd import (
     noise_generators,
     round_steps,
 )
+from flwr_privacy.privacy.noise import SecureGaussian
 
 
 def data(n=200, value=0.0, features=8):
@@ -136,30 +137,70 @@ def test_noise_and_sampling_are_secret_unless_the_insecure_switch_is_on():
 @pytest.mark.parametrize("insecure", [False, True])
 def test_the_lot_sample_and_the_noise_come_from_two_streams_secret_unless_the_insecure_switch_is_on(insecure):
     """One seed for both would make the Poisson sample and the noise draw from the same stream; a seed taken
-    from the client's generator is one a server replaying the run knows."""
+    from the client's generator is one a server replaying the run knows. Secure, the noise needs no seed at
+    all: it is a SecureGaussian's keystream."""
     config = DPSGDConfig(enabled=True, insecure_seeded_noise=insecure)
-    seeds = [
-        [g.initial_seed() for g in noise_generators(config, torch.Generator().manual_seed(7), torch.device("cpu"))]
-        for _ in range(2)
-    ]
-    assert seeds[0][0] != seeds[0][1]  # sampling, noise
-    assert (seeds[0][0] == seeds[1][0]) is insecure and (seeds[0][1] == seeds[1][1]) is insecure
-    if insecure:  # runs with other seeds get other streams
-        streams = {g.initial_seed() for seed in range(50)
-                   for g in noise_generators(config, torch.Generator().manual_seed(seed), torch.device("cpu"))}
-        assert len(streams) == 100
+    runs = [noise_generators(config, torch.Generator().manual_seed(7), torch.device("cpu")) for _ in range(2)]
+    assert (runs[0][0].initial_seed() == runs[1][0].initial_seed()) is insecure  # sampling
+    if not insecure:
+        assert runs[0][1] is None and runs[1][1] is None
+        return
+    assert runs[0][0].initial_seed() != runs[0][1].initial_seed()  # sampling, noise
+    assert runs[0][1].initial_seed() == runs[1][1].initial_seed()
+    streams = {g.initial_seed() for seed in range(50)  # runs with other seeds get other streams
+               for g in noise_generators(config, torch.Generator().manual_seed(seed), torch.device("cpu"))}
+    assert len(streams) == 100
 
 
 @pytest.mark.parametrize("insecure", [False, True])
-def test_the_noise_is_drawn_in_opacus_secure_mode_unless_the_insecure_switch_is_on(insecure):
-    """Secure mode: each noise value the halved sum of four Gaussian draws (Holohan & Braghin 2021), the
-    defence against the floating-point attack on Gaussian sampling."""
+def test_the_noise_is_a_secure_gaussians_unless_the_insecure_switch_is_on(insecure):
     model, config = linear(), DPSGDConfig(enabled=True, insecure_seeded_noise=insecure)
     private = PrivateSteps(model, data(), config, 20, torch.device("cpu"), torch.Generator())
     try:
-        assert private.secure_mode is (not insecure)
+        assert isinstance(private.noise, SecureGaussian) is (not insecure)
+        if not insecure:
+            assert private.noise.size == sum(p.numel() for p in model.parameters())
     finally:
         private.close()
+
+
+def noise_of_one_lot(insecure: bool, torch_seed: int = 0) -> torch.Tensor:
+    """The noisy gradient of one fixed lot of zero inputs (every example's gradient is zero: the noise alone),
+    from PrivateSteps built from a run generator seeded 7 under torch's global seed ``torch_seed``."""
+    torch.manual_seed(torch_seed)
+    model = linear()
+    private = private_steps(model, data(), DPSGDConfig(enabled=True, insecure_seeded_noise=insecure), seed=7)
+    try:
+        private.noisy_gradient(torch.zeros(20, 1, 1, 8), torch.zeros(20, dtype=torch.long))
+        return model[1].weight.grad.clone()
+    finally:
+        private.close()
+
+
+def test_the_same_lot_gets_other_noise_from_the_same_seeds_unless_the_insecure_switch_is_on():
+    """Not the lots this time: one and the same lot, so only the noise can differ."""
+    assert not torch.equal(noise_of_one_lot(False), noise_of_one_lot(False))
+    assert torch.equal(noise_of_one_lot(True), noise_of_one_lot(True, torch_seed=1))  # the run generator alone
+
+
+def test_the_noise_is_added_in_float64_and_the_gradient_rounded_once():
+    """The mitigation against the floating-point attack: sum / B + noise in float64, one rounding to float32.
+    The noise is replaced by known float64 values that float32 cannot hold (a third of C / B)."""
+    torch.manual_seed(0)
+    model, lot = linear(features=64, bias=True), 20
+    private = private_steps(model, data(features=64), DPSGDConfig(enabled=True), lot)
+    known = torch.full((private.noise.size,), 1 / (3 * lot), dtype=torch.float64)
+    private.noise.sample = lambda std: known.clone()  # type: ignore[method-assign]
+    try:
+        x, y = torch.randn(lot, 1, 1, 64), torch.zeros(lot, dtype=torch.long)
+        sums, _ = private.clipped_sum(x, y)
+        private.noisy_gradient(x, y)
+    finally:
+        private.close()
+    flat = torch.cat([s.reshape(-1) for s in sums]).double()
+    expected = (known + flat * (1 / lot)).float()
+    assert torch.equal(torch.cat([p.grad.reshape(-1) for p in model.parameters()]), expected)
+    assert not torch.equal(expected, flat.float() / lot + known.float())  # rounding twice differs here
 
 
 def test_the_hooks_are_removed_after_a_round():

@@ -18,7 +18,7 @@ from flwr_privacy.privacy import (
     svt_above_threshold,
     svt_dssgd,
 )
-from flwr_privacy.privacy.noise import release_laplace
+from flwr_privacy.privacy.noise import SecureGaussian, release_laplace
 
 
 def dssgd_upload(tmp_path, **dssgd):
@@ -130,6 +130,76 @@ def test_secure_gaussian_noise_is_normal_with_the_given_std():
     assert abs(noise.mean()) < 5 * 2.0 / np.sqrt(len(noise))
     assert noise.std() == pytest.approx(2.0, rel=0.01)
     assert stats.kstest(noise / 2.0, "norm").pvalue > 1e-4
+
+
+# DP-SGD's sampler, at the 2NN's size (199,210, even: both Box-Muller halves) and twice that.
+SIZE, STD = 398_420, 0.3
+
+
+def test_a_secure_gaussian_is_normal_with_the_given_std():
+    """Mean within 5 standard errors, std within 1 % (9 standard errors of the estimate: a wrong scale
+    shows, chance does not), and the Kolmogorov-Smirnov distance to N(0, std^2) at a p-value above 1e-6:
+    a correct sampler fails it once in a million runs."""
+    noise = SecureGaussian(SIZE).sample(STD).numpy()
+    assert abs(noise.mean()) < 5 * STD / np.sqrt(SIZE)
+    assert noise.std() == pytest.approx(STD, rel=0.01)
+    assert stats.kstest(noise, "norm", args=(0, STD)).pvalue > 1e-6
+
+
+@pytest.mark.parametrize("off", [0.9, 1.1])
+def test_the_checks_above_fail_a_std_off_by_ten_percent(off):
+    """The same checks against a std 10 % off: each of them alone rejects it."""
+    noise = SecureGaussian(SIZE).sample(STD).numpy()
+    assert noise.std() != pytest.approx(STD * off, rel=0.01)
+    assert stats.kstest(noise, "norm", args=(0, STD * off)).pvalue < 1e-6
+
+
+def test_a_secure_gaussians_halves_and_successive_draws_are_uncorrelated():
+    """Box-Muller's two halves come from the same pairs (cos and sin): independent in theory, and each call
+    draws a fresh keystream."""
+    sampler = SecureGaussian(SIZE)
+    first = sampler.sample(1.0).numpy().copy()
+    second = sampler.sample(1.0).numpy()
+    half = SIZE // 2
+    for a, b in ((first[:half], first[half:]), (first, second), (first[:half] ** 2, first[half:] ** 2)):
+        assert abs(np.corrcoef(a, b)[0, 1]) < 5 / np.sqrt(len(a))
+
+
+def test_a_secure_gaussian_is_not_replayed_by_any_seed():
+    """Its keystream is keyed by the OS: torch's and NumPy's global seeds, or the same seeded generator
+    (as two PrivateSteps of one client get), change nothing, and no two samplers or calls repeat."""
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        np.random.seed(0)
+        draws.append(SecureGaussian(1000).sample(1.0).clone())
+    sampler = SecureGaussian(1000)
+    draws += [sampler.sample(1.0).clone(), sampler.sample(1.0).clone()]
+    assert all(not torch.equal(a, b) for i, a in enumerate(draws) for b in draws[i + 1:])
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 10])
+def test_a_secure_gaussian_has_its_size_float64_and_device(size):
+    noise = SecureGaussian(size, "cpu").sample(1.0)
+    assert noise.shape == (size,) and noise.dtype == torch.float64 and noise.device == torch.device("cpu")
+    assert torch.isfinite(noise).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_secure_gaussian_samples_on_the_gpu():
+    noise = SecureGaussian(SIZE, "cuda").sample(STD)
+    assert noise.device.type == "cuda" and noise.dtype == torch.float64 and noise.shape == (SIZE,)
+    assert noise.std().item() == pytest.approx(STD, rel=0.01)
+    assert stats.kstest(noise.cpu().numpy(), "norm", args=(0, STD)).pvalue > 1e-6
+
+
+def test_a_secure_gaussian_refuses_a_bad_size_or_std():
+    for size in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="a Gaussian sampler's size must be an int >= 0"):
+            SecureGaussian(size)  # type: ignore[arg-type]
+    for std in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="Gaussian std must be a finite number > 0"):
+            SecureGaussian(3).sample(std)
 
 
 def test_seeded_mechanisms_add_exactly_the_noise_their_generator_draws():
