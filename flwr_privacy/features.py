@@ -31,6 +31,8 @@ from flwr_privacy.data import DataError, TensorData, cache_dir
 FEATURES = ("pixels", "scatternet")
 SCATTER_J = 2
 SCATTER_L = 8
+# channels a scattering makes of each input channel: 1 + J L + L^2 J (J - 1) / 2
+SCATTER_CHANNELS = 1 + SCATTER_J * SCATTER_L + SCATTER_L**2 * SCATTER_J * (SCATTER_J - 1) // 2
 
 
 @lru_cache(maxsize=4)
@@ -52,8 +54,9 @@ def scatter(x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     transform = _scattering(h, w).to(x.device)
     with torch.no_grad():
         parts = [transform(x[i : i + batch_size].contiguous()) for i in range(0, n, batch_size)]
-    out = torch.cat(parts) if parts else torch.empty(0, c, 81, h // 4, w // 4)
-    return out.reshape(n, -1, h // 2**SCATTER_J, w // 2**SCATTER_J).float()
+    side = 2**SCATTER_J
+    out = torch.cat(parts) if parts else torch.empty(0, c, SCATTER_CHANNELS, h // side, w // side)
+    return out.reshape(n, c * SCATTER_CHANNELS, h // side, w // side).float()
 
 
 def _images_key(x: torch.Tensor) -> str:

@@ -22,6 +22,7 @@ def mnist_sample() -> TensorData:
 def test_mnist_and_cifar_shapes_are_tramer_and_bonehs():
     assert scatter(torch.randn(2, 1, 28, 28)).shape == (2, 81, 7, 7)
     assert scatter(torch.randn(2, 3, 32, 32)).shape == (2, 243, 8, 8)
+    assert scatter(torch.randn(0, 1, 28, 28)).shape == (0, 81, 7, 7)  # a client with no image
 
 
 def test_an_images_features_depend_on_that_image_alone(mnist_sample):
