@@ -227,6 +227,16 @@ class RoundRecorder:
     def received(self, nbytes: int) -> None:
         self._current["bytes_up"] += nbytes
 
+    def protocol(self, down: int, up: int) -> None:
+        """Bytes of a protocol's own messages (SecAgg+'s keys and shares), counted in the round's and apart."""
+        for key, nbytes in (("bytes_down", down), ("bytes_up", up)):
+            self._current[key] = self._current.get(key, 0) + nbytes
+            self._current[f"secagg_{key}"] = self._current.get(f"secagg_{key}", 0) + nbytes
+
+    @property
+    def current_round(self) -> int:
+        return int(self._current.get("round", 0))
+
     def failed(self, client: str, reason: str) -> None:
         reason = short_reason(reason)
         self._current["failures"] += 1

@@ -20,12 +20,13 @@ from __future__ import annotations
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr_privacy.strategies.base import (
@@ -38,6 +39,8 @@ from flwr_privacy.strategies.base import (
     RoundRecorder,
     aggregate_round,
     check_evaluation,
+    check_metrics,
+    check_num_examples,
     check_reply_bounds,
     check_sampling,
     check_train_sampling,
@@ -48,15 +51,18 @@ from flwr_privacy.strategies.base import (
 from flwr_privacy.strategies.dgc import DGCRounds, check_server_arguments
 from flwr_privacy.strategies.dssgd import DSSGDRounds
 from flwr_privacy.strategies.fedavg import FedAvgRounds
-from flwr_privacy.strategies.layers import layer_of_caller
+from flwr_privacy.strategies.layers import Layer, layer_of_caller
 from flwr_privacy.strategies.robust import NUM_MALICIOUS_CLIENTS, TRIM_FRACTION
+from flwr_privacy.strategies.secagg import SecAggError, SecAggOutcome, SecAggPlus, SecAggPlusRound, config_nbytes
 
 from flwr_privacy.algorithms.dgc import DGCConfig
 from flwr_privacy.algorithms.dssgd import DSSGDConfig
 from flwr_privacy.compression.base import PayloadError
 from flwr_privacy.privacy.dpsgd import DPSGDPlan
 
-__all__ = ["DGC", "DGCConfig", "DSSGD", "DSSGDConfig", "FedAvg", "MessageStrategy"]
+__all__ = ["DGC", "DGCConfig", "DSSGD", "DSSGDConfig", "FedAvg", "MessageStrategy", "SecAggPlus"]
+
+SECAGG_LAYER = Layer("SecAgg+", "secure aggregation (flwr_privacy.strategies.secagg)")
 
 # State entries that are buffers, not parameters, when a strategy is not told which are trainable:
 # what torch's normalization layers register.
@@ -80,7 +86,9 @@ class MessageStrategy(Strategy):
     Defaults are Flower's FedAvg's (``fraction_train=1.0``, ``min_train_nodes=2``, ``fraction_evaluate=1.0``
     ...). ``seed`` makes node sampling reproducible; ``max_failed_rounds`` consecutive rounds with every
     reply rejected stop the run with a ``FederationError`` naming the reason; ``on_round`` gets each
-    round's record (also in ``history``).
+    round's record (also in ``history``). ``secagg=SecAggPlus(...)`` runs every training round under secure
+    aggregation (``flwr_privacy.strategies.secagg``; the ClientApp needs ``flwr_privacy.clients.secagg.
+    secaggplus_mod``): the server learns only the weighted mean of the clients' model changes.
     """
 
     def __init__(
@@ -102,6 +110,7 @@ class MessageStrategy(Strategy):
         trim_fraction: float = TRIM_FRACTION,
         num_malicious_clients: int = NUM_MALICIOUS_CLIENTS,
         dpsgd: DPSGDPlan | None = None,
+        secagg: SecAggPlus | None = None,
         on_round: RoundCallback | None = None,
     ) -> None:
         check_train_sampling(fraction_train, min_train_nodes, "fraction_train", "min_train_nodes")
@@ -122,6 +131,11 @@ class MessageStrategy(Strategy):
         self.configrecord_key = configrecord_key
         self.seed = seed
         self.dpsgd = dpsgd
+        if secagg is not None and not isinstance(secagg, SecAggPlus):
+            raise TypeError(f"secagg must be a flwr_privacy.strategies.message.SecAggPlus, got {type(secagg).__name__}")
+        self.secagg = secagg
+        self.pending: SecAggPlusRound | None = None  # this round's SecAgg+, between configure and aggregate
+        self.pending_error: str | None = None
         self.recorder = RoundRecorder(on_round, max_failed_rounds)
         self.rounds: AlgorithmRounds | None = None
         self.template: ArrayRecord | None = None
@@ -151,6 +165,8 @@ class MessageStrategy(Strategy):
         self.rounds.aggregation, self.rounds.trim_fraction = self.aggregation, self.trim_fraction
         self.rounds.num_malicious_clients = self.num_malicious_clients
         self.rounds.ledger.plan = self.dpsgd
+        if self.secagg is not None:
+            self.rounds.enter(SECAGG_LAYER)  # an algorithm that cannot be summed says why, before anything is sent
 
     @property
     def algorithm(self) -> AlgorithmRounds:
@@ -230,27 +246,92 @@ class MessageStrategy(Strategy):
         self.recorder.start(server_round)
         nodes = self.sample(grid, self.fraction_train, self.min_train_nodes, server_round, "train")
         dense = None
-        messages = []
+        contents = []
         configured = self.algorithm.configure(server_round, [str(n) for n in nodes])
-        for node, (payload, instruction) in zip(nodes, configured):
+        for payload, instruction in configured:
             if payload is None:
                 dense = dense or self.global_record()
                 record = dense
             else:
                 record = ArrayRecord(payload)
-            self.recorder.sent(record_nbytes(record))
             settings = ConfigRecord(
                 {**dict(config), **instruction, **self.algorithm.instruction_settings(), "server-round": server_round}
             )
-            content = RecordDict({self.arrayrecord_key: record, self.configrecord_key: settings})
-            messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
+            contents.append(RecordDict({self.arrayrecord_key: record, self.configrecord_key: settings}))
+        if self.secagg is not None:
+            return self.open_secagg(server_round, nodes, contents, grid)
+        for content in contents:
+            self.recorder.sent(record_nbytes(content.array_records[self.arrayrecord_key]))
+        return [
+            Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
+            for node, content in zip(nodes, contents)
+        ]
+
+    def open_secagg(
+        self, server_round: int, nodes: list[int], contents: list[RecordDict], grid: Grid
+    ) -> list[Message]:
+        """SecAgg+'s first two stages with the sampled nodes; the third's messages carry the training."""
+        shapes = [self.model_template[k].numpy().shape for k in self.float_keys]
+        self.pending = SecAggPlusRound(self.secagg, grid, server_round, shapes, on_traffic=self.recorder.protocol)
+        self.pending_error = None
+        try:
+            messages = self.pending.open(nodes, contents)
+        except SecAggError as err:
+            self.pending_error = str(err)
+            messages = []
+        for node, content in zip(nodes, contents):
+            went = any(m.metadata.dst_node_id == node for m in messages)
+            self.recorder.sent(record_nbytes(content.array_records[self.arrayrecord_key]) if went else 0)
         return messages
+
+    def check_secagg_reply(self, message: Message) -> None:
+        """What the strategy refuses in a masked reply, before it joins the sum: its example count, its metrics."""
+        metrics = dict(message.content.metric_records.get("metrics", MetricRecord()))
+        check_num_examples(metrics.get(self.weighted_by_key))
+        check_metrics(metrics, self.algorithm.metric_bounds(self.recorder.current_round))
+
+    def secagg_replies(self, outcome: SecAggOutcome, pending: SecAggPlusRound) -> list[Reply]:
+        """The unmasked round as replies for the algorithm: each survivor carries the global model moved by
+        the mean change (the algorithm averages identical models), each drop-out its reason."""
+        for node, reason in outcome.late.items():
+            log(WARNING, "round %s: node %s: %s", pending.server_round, node, reason)
+        replies = [Reply(str(n), None, 0, {}, error=reason) for n, reason in sorted(outcome.dropped.items())]
+        if outcome.mean_update is None:
+            why = outcome.error or "SecAgg+ gave no sum"
+            left = [n for n in pending.sampled if n not in outcome.dropped]
+            return replies + [Reply(str(n), None, 0, {}, error=why) for n in left]
+        model = [
+            (w.astype(np.float64) + d).astype(np.float32)
+            for w, d in zip(self.algorithm.global_arrays(), outcome.mean_update)
+        ]
+        for message in outcome.survivors:
+            metrics = dict(message.content.metric_records.get("metrics", MetricRecord()))
+            replies.append(Reply(
+                client=str(message.metadata.src_node_id),
+                arrays=lambda: [a.copy() for a in model],
+                num_examples=metrics.get(self.weighted_by_key),
+                metrics=metrics,
+                nbytes=config_nbytes(message.content.config_records[RECORD_KEY_CONFIGS]),
+            ))
+        return replies
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         algorithm = self.algorithm
-        applied = aggregate_round(algorithm, [self.to_reply(m) for m in replies], server_round)
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            if self.pending_error is not None:
+                reason = self.pending_error
+                round_replies = [Reply(str(n), None, 0, {}, error=pending.dropped.get(n, reason))
+                                 for n in pending.sampled]
+            else:
+                outcome = pending.close(list(replies), self.check_secagg_reply)
+                round_replies = self.secagg_replies(outcome, pending)
+            self.recorder.add(secagg_seconds=pending.seconds)
+        else:
+            round_replies = [self.to_reply(m) for m in replies]
+        applied = aggregate_round(algorithm, round_replies, server_round)
         train_loss = mean_metric(applied, "train_loss")
         self.recorder.add(train_loss=train_loss)
         self.recorder.aggregated(len(applied))

@@ -1,0 +1,86 @@
+"""SecAgg+ on a Message-API ClientApp: ``ClientApp(mods=[secaggplus_mod])``, the app's ``@app.train()`` as it is.
+
+Flower's own ``secaggplus_mod`` runs the client's side of the protocol (its keys, its Shamir shares, its
+masks), but it reads the reply of a legacy ``NumPyClient`` (a FitRes). This mod is Flower's, fronted for
+a Message-API reply: the app's train function replies as Flower's quickstart does (the model as an
+ArrayRecord under ``"arrays"``, ``"num-examples"`` among its metrics), and what gets masked is the
+*change* of the model's floating-point entries against the model the message brought, not the model
+itself: a change is small, so it fits SecAgg+'s clipping range and loses less to its quantization. The
+reply then carries the app's metrics in the clear and the masked vector; no array leaves the node.
+
+A change (times the node's weight ``num_examples / max_weight``) beyond the clipping range, or more
+examples than ``max_weight``, would be clipped into a wrong sum without a word: the node refuses to send
+instead, naming the value, and the server counts it as a drop-out. Any message without SecAgg+'s record
+(evaluation, or a round of a strategy without secure aggregation) goes to the app untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.client.mod import secaggplus_mod as flower_secaggplus_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Stage
+from flwr.compat.common import recorddict_compat as compat
+
+__all__ = ["secaggplus_mod"]
+
+
+def secaggplus_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's SecAgg+ client for a Message-API ``@app.train()``: masks the change of the model it returns."""
+    if msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS not in msg.content.config_records:
+        return call_next(msg, context)
+    stage = msg.content.config_records[RECORD_KEY_CONFIGS].get("stage")
+    if stage != Stage.COLLECT_MASKED_VECTORS:
+        return flower_secaggplus_mod(msg, context, call_next)
+    sent = float_arrays(msg.content.array_records.get("arrays"), "the message")
+    metrics: dict[str, Any] = {}
+
+    def train_and_report_change(message: Message, ctxt: Context) -> Message:
+        reply = call_next(message, ctxt)
+        if reply.has_error():
+            raise RuntimeError(f"the app's train function failed: {reply.error.reason}")
+        content = reply.content
+        metrics.update(content.metric_records.get("metrics", MetricRecord()))
+        num_examples = metrics.get("num-examples")
+        if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples <= 0:
+            raise ValueError(f"the reply's metrics need a positive integer 'num-examples', got {num_examples!r}")
+        trained = float_arrays(content.array_records.get("arrays"), "the reply")
+        if list(trained) != list(sent):
+            raise ValueError(f"the reply's arrays {list(trained)[:5]} are not the message's {list(sent)[:5]}")
+        change = [trained[k].astype(np.float64) - sent[k] for k in sent]
+        check_range(change, num_examples, context)
+        fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(change), num_examples, {})
+        return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=message)
+
+    masked = flower_secaggplus_mod(msg, context, train_and_report_change)
+    content = RecordDict({"metrics": MetricRecord(metrics), RECORD_KEY_CONFIGS: masked.content[RECORD_KEY_CONFIGS]})
+    return Message(content, reply_to=msg)
+
+
+def float_arrays(record: Any, what: str) -> dict[str, np.ndarray]:
+    """The floating-point entries of an ArrayRecord, by key (integer ones, batch norm's counter, never travel)."""
+    if not isinstance(record, ArrayRecord):
+        raise ValueError(f"{what} carries no ArrayRecord under 'arrays'")
+    arrays = {k: a.numpy() for k, a in record.items()}
+    return {k: a for k, a in arrays.items() if a.dtype.kind == "f"}
+
+
+def check_range(change: list[np.ndarray], num_examples: int, context: Context) -> None:
+    """Refuse what SecAgg+'s quantization would clip: a weighted change beyond the range, a weight above 1."""
+    state = context.state.config_records[RECORD_KEY_STATE]
+    max_weight, clipping_range = float(state["max_weight"]), float(state["clipping_range"])  # type: ignore[arg-type]
+    if num_examples > max_weight:
+        raise ValueError(f"num-examples {num_examples} exceeds SecAgg+'s max_weight {max_weight:g}: raise max_weight")
+    weight = num_examples / max_weight
+    largest = max((float(np.abs(c).max()) for c in change if c.size), default=0.0)
+    if not np.isfinite(largest):
+        raise ValueError("the model's change is not finite")
+    if largest * weight > clipping_range:
+        raise ValueError(
+            f"the model's change reaches {largest:.4g} (weighted {largest * weight:.4g}), beyond SecAgg+'s "
+            f"clipping range {clipping_range:g}: raise clipping_range"
+        )
