@@ -25,6 +25,7 @@ USER_TRAIN = (
 IMPORT = "from flwr.serverapp.strategy import FedAvg"
 CONSTRUCT = "    strategy = FedAvg(fraction_train=fraction_train)"
 CLIENT_IMPORT = "from flwr.clientapp import ClientApp"
+CLIENT_APP = "app = ClientApp()"
 
 # Per algorithm and file: (line as the user wrote it, the line(s) it becomes).
 SWAPS: dict[str, dict[str, list[tuple[str, str]]]] = {
@@ -33,6 +34,17 @@ SWAPS: dict[str, dict[str, list[tuple[str, str]]]] = {
         "quickstart/client_app.py": [
             (CLIENT_IMPORT, CLIENT_IMPORT + "\nfrom flwr_privacy.clients.message import fedavg_train"),
             (TRAIN_CALL, f"    return fedavg_train(msg, context, model, trainloader, train_fn={USER_TRAIN})"),
+        ],
+    },
+    # FedAvg under secure aggregation: the user's own train function stays; the mod masks its model's change.
+    "fedavg-secagg": {
+        "quickstart/server_app.py": [
+            (IMPORT, "from flwr_privacy.strategies.message import FedAvg, SecAggPlus"),
+            (CONSTRUCT, "    strategy = FedAvg(fraction_train=fraction_train, secagg=SecAggPlus())"),
+        ],
+        "quickstart/client_app.py": [
+            (CLIENT_IMPORT, CLIENT_IMPORT + "\nfrom flwr_privacy.clients.secagg import secaggplus_mod"),
+            (CLIENT_APP, "app = ClientApp(mods=[secaggplus_mod])"),
         ],
     },
     "dgc": {

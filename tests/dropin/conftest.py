@@ -15,7 +15,7 @@ from experiments.inprocess import InProcessGrid
 from tests.apps.quickstart_app import write_app
 
 NUM_NODES = 4
-ROUNDS = {"fedavg": 3, "dgc": 20, "dssgd": 3}
+ROUNDS = {"fedavg": 3, "fedavg-secagg": 3, "dgc": 20, "dssgd": 3}
 
 
 def forget_app_modules() -> None:

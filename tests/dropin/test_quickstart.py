@@ -16,6 +16,7 @@ import pytest
 from flwr_privacy.algorithms.dgc import DGCConfig, kept_count
 from flwr_privacy.algorithms.dssgd import DSSGDConfig, num_upload
 from flwr_privacy.compression.topk import SparseCodec
+from tests.dropin.conftest import NUM_NODES
 
 # What tests/apps/quickstart's Net holds: its parameters, its float buffers (batch norm's running mean and
 # variance) and one int64 buffer (num_batches_tracked) that never travels.
@@ -62,6 +63,21 @@ def test_the_legacy_flavour_runs_our_numpy_clients_on_the_users_dataloader(user_
     history = result["history"]
     assert history[-1]["test_accuracy"] > history[0]["test_accuracy"] + 0.3
     assert all(r["failures"] == 0 for r in history)
+
+
+def test_fedavg_under_secure_aggregation_swaps_in_with_two_lines_per_file_and_learns_as_plain_fedavg(user_app):
+    """The user's own train function replies with its model; the mod masks the change, the server sees the sum.
+    The same run without secure aggregation (same seeds) ends at the same accuracy, up to the quantization."""
+    every_node_once = {"fraction-train": 1.0, "num-server-rounds": 1}  # the same nodes in both runs
+    changes, secure, grid = user_app("fedavg-secagg", **every_node_once)
+    assert changes and all(n <= 2 for n in changes.values()), changes
+    _, plain, _ = user_app("fedavg", **every_node_once)
+    assert secure["final_accuracy"] > secure["accuracy"]["0"] + 0.3
+    assert abs(secure["final_accuracy"] - plain["final_accuracy"]) <= 0.01, (secure, plain)
+    for record in secure["history"][1:]:
+        assert record["accepted"] == NUM_NODES and record["failures"] == 0
+    # No model crossed the wire upwards: the train replies carry no arrays, only the masked vector.
+    assert all(nbytes == 0 for _, kind, _, nbytes in grid.carried if kind == "train")
 
 
 def test_the_sparse_payload_is_what_the_strategy_counted(user_app):
