@@ -6,7 +6,8 @@ a Message-API reply: the app's train function replies as Flower's quickstart doe
 ArrayRecord under ``"arrays"``, ``"num-examples"`` among its metrics), and what gets masked is the
 *change* of the model's floating-point entries against the model the message brought, not the model
 itself: a change is small, so it fits SecAgg+'s clipping range and loses less to its quantization. The
-reply then carries the app's metrics in the clear and the masked vector; no array leaves the node.
+reply then carries the app's metrics in the clear and the masked vector (Flower's int64s, all below the
+2**32 modulus, re-encoded as uint32: the upload of a float32 model); no array leaves the node.
 
 A change (times the node's weight ``num_examples / max_weight``) beyond the clipping range, or more
 examples than ``max_weight``, would be clipped into a wrong sum without a word: the node refuses to send
@@ -22,8 +23,8 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.client.mod import secaggplus_mod as flower_secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Stage
+from flwr.common import Code, FitRes, Status, bytes_to_ndarray, ndarray_to_bytes, ndarrays_to_parameters
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 from flwr.compat.common import recorddict_compat as compat
 
 __all__ = ["secaggplus_mod"]
@@ -57,8 +58,18 @@ def secaggplus_mod(msg: Message, context: Context, call_next: ClientAppCallable)
         return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=message)
 
     masked = flower_secaggplus_mod(msg, context, train_and_report_change)
-    content = RecordDict({"metrics": MetricRecord(metrics), RECORD_KEY_CONFIGS: masked.content[RECORD_KEY_CONFIGS]})
+    vector = masked.content.config_records[RECORD_KEY_CONFIGS]
+    vector[Key.MASKED_PARAMETERS] = narrowed(vector[Key.MASKED_PARAMETERS], context)  # type: ignore[arg-type]
+    content = RecordDict({"metrics": MetricRecord(metrics), RECORD_KEY_CONFIGS: vector})
     return Message(content, reply_to=msg)
+
+
+def narrowed(blobs: list[bytes], context: Context) -> list[bytes]:
+    """Flower's masked vector holds int64s below the modulus; below 2**32 they travel as uint32, half the bytes."""
+    modulus = int(context.state.config_records[RECORD_KEY_STATE]["mod_range"])  # type: ignore[arg-type]
+    if modulus > 2**32:
+        return blobs
+    return [ndarray_to_bytes(bytes_to_ndarray(b).astype(np.uint32)) for b in blobs]
 
 
 def float_arrays(record: Any, what: str) -> dict[str, np.ndarray]:

@@ -178,6 +178,7 @@ def test_what_one_node_sends_is_uniformly_random_whatever_its_update():
     run(make_app(capture(masked)))
     modulus = SETTINGS.modulus_range
     for pid in (0, NUM_NODES - 1):
+        assert all(a.dtype == np.uint32 for a in masked[pid])  # the upload of a float32 model, not int64's twice
         values = np.concatenate([a.ravel() for a in masked[pid][1:]]).astype(np.float64)
         assert values.min() >= 0 and values.max() < modulus
         counts, _ = np.histogram(values, bins=64, range=(0, modulus))
