@@ -13,6 +13,10 @@ A change (times the node's weight ``num_examples / max_weight``) beyond the clip
 examples than ``max_weight``, would be clipped into a wrong sum without a word: the node refuses to send
 instead, naming the value, and the server counts it as a drop-out. Any message without SecAgg+'s record
 (evaluation, or a round of a strategy without secure aggregation) goes to the app untouched.
+
+Under ``SecAggPlus(dp=DistributedDP(...))`` the server's stage-3 record carries the plan: the change is
+clipped to the L2 norm C, the node adds its share of the sum's Gaussian noise
+(``flwr_privacy.privacy.distributed``) and weighs 1, as every node does.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.client.mod import secaggplus_mod as flower_secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, bytes_to_ndarray, ndarray_to_bytes, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 from flwr.compat.common import recorddict_compat as compat
+from flwr_privacy.strategies.secagg import DP_KEYS
+
+from flwr_privacy.privacy.distributed import DistributedDP, clip_update, noise_share
 
 __all__ = ["secaggplus_mod"]
 
@@ -38,6 +45,7 @@ def secaggplus_mod(msg: Message, context: Context, call_next: ClientAppCallable)
     if stage != Stage.COLLECT_MASKED_VECTORS:
         return flower_secaggplus_mod(msg, context, call_next)
     sent = float_arrays(msg.content.array_records.get("arrays"), "the message")
+    dp = distributed_dp(msg.content.config_records[RECORD_KEY_CONFIGS])
     metrics: dict[str, Any] = {}
 
     def train_and_report_change(message: Message, ctxt: Context) -> Message:
@@ -53,8 +61,12 @@ def secaggplus_mod(msg: Message, context: Context, call_next: ClientAppCallable)
         if list(trained) != list(sent):
             raise ValueError(f"the reply's arrays {list(trained)[:5]} are not the message's {list(sent)[:5]}")
         change = [trained[k].astype(np.float64) - sent[k] for k in sent]
-        check_range(change, num_examples, context)
-        fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(change), num_examples, {})
+        weight = num_examples
+        if dp is not None:  # clipped, its share of the noise added, and weighed as every other client
+            plan, contributors = dp
+            change, weight = noise_share(clip_update(change, plan.clipping_norm), plan, contributors), 1
+        check_range(change, weight, context)
+        fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(change), weight, {})
         return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=message)
 
     masked = flower_secaggplus_mod(msg, context, train_and_report_change)
@@ -70,6 +82,19 @@ def narrowed(blobs: list[bytes], context: Context) -> list[bytes]:
     if modulus > 2**32:
         return blobs
     return [ndarray_to_bytes(bytes_to_ndarray(b).astype(np.uint32)) for b in blobs]
+
+
+def distributed_dp(configs: ConfigRecord) -> tuple[DistributedDP, int] | None:
+    """The distributed-DP plan and the round's contributors the server sent with stage 3, taken out of the
+    record (Flower's mod reads none of them); None without one."""
+    values = [configs.pop(key, None) for key in DP_KEYS]
+    if all(v is None for v in values):
+        return None
+    noise_multiplier, clipping_norm, tolerated, contributors = values
+    if not isinstance(contributors, int) or isinstance(contributors, bool):
+        raise ValueError(f"the server's distributed-DP contributors {contributors!r} is not an int")
+    plan = DistributedDP(noise_multiplier, clipping_norm, tolerated=tolerated)  # type: ignore[arg-type]
+    return plan, contributors
 
 
 def float_arrays(record: Any, what: str) -> dict[str, np.ndarray]:

@@ -52,15 +52,17 @@ from flwr_privacy.strategies.dgc import DGCRounds, check_server_arguments
 from flwr_privacy.strategies.dssgd import DSSGDRounds
 from flwr_privacy.strategies.fedavg import FedAvgRounds
 from flwr_privacy.strategies.layers import Layer, layer_of_caller
+from flwr_privacy.strategies.privacy import distributed_spent
 from flwr_privacy.strategies.robust import NUM_MALICIOUS_CLIENTS, TRIM_FRACTION
 from flwr_privacy.strategies.secagg import SecAggError, SecAggOutcome, SecAggPlus, SecAggPlusRound, config_nbytes
 
 from flwr_privacy.algorithms.dgc import DGCConfig
 from flwr_privacy.algorithms.dssgd import DSSGDConfig
 from flwr_privacy.compression.base import PayloadError
+from flwr_privacy.privacy.distributed import DistributedDP, sum_noise_multiplier
 from flwr_privacy.privacy.dpsgd import DPSGDPlan
 
-__all__ = ["DGC", "DGCConfig", "DSSGD", "DSSGDConfig", "FedAvg", "MessageStrategy", "SecAggPlus"]
+__all__ = ["DGC", "DGCConfig", "DSSGD", "DSSGDConfig", "DistributedDP", "FedAvg", "MessageStrategy", "SecAggPlus"]
 
 SECAGG_LAYER = Layer("SecAgg+", "secure aggregation (flwr_privacy.strategies.secagg)")
 
@@ -136,6 +138,7 @@ class MessageStrategy(Strategy):
         self.secagg = secagg
         self.pending: SecAggPlusRound | None = None  # this round's SecAgg+, between configure and aggregate
         self.pending_error: str | None = None
+        self.dp_releases: list[float] = []  # per released sum under SecAggPlus(dp=...): the noise multiplier in it
         self.recorder = RoundRecorder(on_round, max_failed_rounds)
         self.rounds: AlgorithmRounds | None = None
         self.template: ArrayRecord | None = None
@@ -240,7 +243,14 @@ class MessageStrategy(Strategy):
         if self.rounds is None:
             self.initialize(arrays)
         algorithm = self.algorithm
-        algorithm.join(layer_of_caller())  # Flower's DP wrappers call this first: entered, or refused
+        layer = layer_of_caller()
+        if layer is not None and self.secagg is not None:
+            raise ValueError(
+                f"{type(self).__name__} with secagg cannot run inside Flower's {layer.name}: its noise is added after "
+                "the server unmasked the sum, and calibrated to an unweighted mean; for client-level DP under "
+                "secure aggregation use SecAggPlus(dp=DistributedDP(...)), whose noise the clients add"
+            )
+        algorithm.join(layer)  # Flower's DP wrappers call this first: entered, or refused
         if algorithm.takes_released_model:
             algorithm.adopt([arrays[k].numpy() for k in self.float_keys])
         self.recorder.start(server_round)
@@ -315,6 +325,22 @@ class MessageStrategy(Strategy):
             ))
         return replies
 
+    def charge_distributed_dp(self, outcome: SecAggOutcome, replies: list[Reply]) -> list[Reply]:
+        """The round's sum released: its noise (what the survivors added, less what t colluders know) charged
+        to every client, and the epsilon so far recorded. A sum left with no noise is not applied."""
+        assert self.secagg is not None and self.secagg.dp is not None
+        plan = self.secagg.dp
+        z = sum_noise_multiplier(plan, outcome.contributors, len(outcome.survivors))
+        self.dp_releases.append(z)
+        spent = distributed_spent(tuple(self.dp_releases), plan.delta)
+        self.recorder.add(distributed_dp_noise_multiplier=z, distributed_dp_epsilon=spent.epsilon,
+                          distributed_dp_delta=plan.delta)
+        if z > 0:
+            return replies
+        why = (f"the sum of {len(outcome.survivors)} survivors carries no noise beyond what tolerated="
+               f"{plan.tolerated} colluders know: not applied")
+        return [r if r.error is not None else Reply(r.client, None, 0, {}, error=why) for r in replies]
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -328,6 +354,8 @@ class MessageStrategy(Strategy):
             else:
                 outcome = pending.close(list(replies), self.check_secagg_reply)
                 round_replies = self.secagg_replies(outcome, pending)
+                if self.secagg is not None and self.secagg.dp is not None and outcome.mean_update is not None:
+                    round_replies = self.charge_distributed_dp(outcome, round_replies)
             self.recorder.add(secagg_seconds=pending.seconds)
         else:
             round_replies = [self.to_reply(m) for m in replies]

@@ -45,6 +45,22 @@ def client_level_spent(noise_multiplier: float, releases: int, num_clients: int,
     return accountant.get_privacy_spent()
 
 
+@lru_cache(maxsize=256)
+def distributed_spent(noise_multipliers: tuple[float, ...], delta: float) -> PrivacySpent:
+    """(epsilon, delta) of a client's data after rounds whose secure sums carried Gaussian noise of these
+    multipliers (``flwr_privacy.privacy.distributed``; one per round, each round the Gaussian mechanism on the
+    sum of updates clipped to C). Every round is charged to every client, without amplification by sampling,
+    as ``client_level_spent``; a multiplier of 0 (no noise left in a sum) is an infinite epsilon."""
+    if any(z <= 0 for z in noise_multipliers):
+        return PrivacySpent(float("inf"), delta, len(noise_multipliers), "rdp", None)
+    accountant = RdpAccountant(
+        PrivacyConfig(delta, 1, NeighboringRelation.ADD_OR_REMOVE_ONE, SamplingMethod.NO_AMPLIFICATION)
+    )
+    for z in sorted(set(noise_multipliers)):
+        accountant.compose(GaussianPrivacyEvent(z, 1, 1), noise_multipliers.count(z))
+    return accountant.get_privacy_spent()
+
+
 @dataclass
 class PrivacyLedger:
     """Per node: the DP-SGD steps it took (``plan``) and the pure epsilon it spent (``pure_mechanism``).

@@ -50,7 +50,12 @@ from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 from flwr.serverapp import Grid
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
-__all__ = ["SecAggPlus", "SecAggPlusRound", "SecAggOutcome", "SecAggError"]
+from flwr_privacy.privacy.distributed import DistributedDP
+
+__all__ = ["DistributedDP", "SecAggPlus", "SecAggPlusRound", "SecAggOutcome", "SecAggError"]
+
+# Keys of stage 3's record that carry the distributed-DP plan to the clients (Flower's mod reads none of them).
+DP_KEYS = ("dp-noise-multiplier", "dp-clipping-norm", "dp-tolerated", "dp-contributors")
 
 
 class SecAggError(ValueError):
@@ -74,6 +79,9 @@ class SecAggPlus:
         quantization_range: levels over [-clipping_range, clipping_range] (2**22: 22 bits).
         modulus_range: masks and sums are modulo this power of two (2**32).
         timeout: seconds to wait for each stage's answers (None: until all have answered).
+        dp: distributed DP (``DistributedDP``): each client clips its change to ``clipping_norm`` and adds
+            its share of Gaussian noise, so that the sum the server unmasks is already private; every
+            client then weighs the same (weight 1: the noise is calibrated to a sum, not to a weighted mean).
     """
 
     num_shares: int | float = 1.0
@@ -83,6 +91,12 @@ class SecAggPlus:
     quantization_range: int = 2**22
     modulus_range: int = 2**32
     timeout: float | None = None
+    dp: DistributedDP | None = None
+
+    @property
+    def weight_cap(self) -> float:
+        """The weight every reply is divided by before quantization: ``max_weight``, or 1 under ``dp``."""
+        return 1.0 if self.dp is not None else float(self.max_weight)
 
     def __post_init__(self) -> None:
         def number(value: Any) -> bool:
@@ -114,6 +128,8 @@ class SecAggPlus:
             raise ValueError(f"modulus_range={modulus} must be at most 2**32 (Flower's masks are drawn below it)")
         if self.timeout is not None and not (number(self.timeout) and self.timeout > 0):
             raise ValueError(f"timeout={self.timeout!r} must be a positive number of seconds or None")
+        if self.dp is not None and not isinstance(self.dp, DistributedDP):
+            raise TypeError(f"dp must be a DistributedDP, got {type(self.dp).__name__}")
 
     def shares_and_threshold(self, num_nodes: int) -> tuple[int, int]:
         """The round's number of shares and threshold for ``num_nodes`` sampled nodes (Flower's rules)."""
@@ -156,6 +172,7 @@ class SecAggOutcome:
     late: dict[int, str] = field(default_factory=dict)
     total_weight: float = 0.0
     error: str | None = None
+    contributors: int = 0  # the nodes that were asked for a masked vector (U2)
 
 
 def config_nbytes(record: ConfigRecord) -> int:
@@ -253,6 +270,12 @@ class SecAggPlusRound:
         self.assign_neighbours(num_shares)
         u1 = self.setup(num_shares)
         self.shared_keys, forwarded = self.share_keys(u1)
+        dp = self.settings.dp
+        if dp is not None and len(self.shared_keys) <= dp.tolerated:
+            raise SecAggError(
+                f"{len(self.shared_keys)} nodes shared keys, not more than DistributedDP's tolerated={dp.tolerated}: "
+                "their noise cannot be calibrated"
+            )
         messages = []
         for node, content in zip(self.sampled, contents):
             if node not in self.shared_keys:
@@ -261,10 +284,19 @@ class SecAggPlusRound:
             content = RecordDict(dict(content.items()))  # the caller's content stays as it was
             content[RECORD_KEY_CONFIGS] = ConfigRecord({
                 Key.STAGE: Stage.COLLECT_MASKED_VECTORS, Key.CIPHERTEXT_LIST: ciphertexts, Key.SOURCE_LIST: sources,
+                **self.dp_settings(),
             })
             messages.append(self.message(node, content))
         self.seconds += time.perf_counter() - started
         return messages
+
+    def dp_settings(self) -> dict[str, int | float]:
+        """The distributed-DP plan for stage 3's record, with the round's contributors (U2)."""
+        dp = self.settings.dp
+        if dp is None:
+            return {}
+        values = (float(dp.noise_multiplier), float(dp.clipping_norm), dp.tolerated, len(self.shared_keys))
+        return dict(zip(DP_KEYS, values))
 
     def assign_neighbours(self, num_shares: int) -> None:
         """Nodes on a ring in random order; each is the neighbour of the num_shares // 2 on either side."""
@@ -286,7 +318,7 @@ class SecAggPlusRound:
             Key.CLIPPING_RANGE: float(settings.clipping_range),
             Key.TARGET_RANGE: settings.quantization_range,
             Key.MOD_RANGE: settings.modulus_range,
-            Key.MAX_WEIGHT: float(settings.max_weight),
+            Key.MAX_WEIGHT: settings.weight_cap,
         })
         answers = self.exchange([self.message(n, RecordDict({RECORD_KEY_CONFIGS: parameters})) for n in self.sampled])
         for node in set(self.sampled) - set(answers):
@@ -369,7 +401,8 @@ class SecAggPlusRound:
         try:
             return self.unmask(answers, accept)
         except SecAggError as err:
-            return SecAggOutcome(None, [], dict(self.dropped), dict(self.late), error=str(err))
+            return SecAggOutcome(None, [], dict(self.dropped), dict(self.late), error=str(err),
+                                 contributors=len(self.shared_keys))
         finally:
             self.seconds += time.perf_counter() - started
 
@@ -421,8 +454,9 @@ class SecAggPlusRound:
         scale = settings.quantization_range / float(weight_sum)
         mean = [(s + offset) * scale for s in summed]
         ordered = [survivors[n] for n in sorted(u3)]
-        total_weight = float(weight_sum) / settings.quantization_range * settings.max_weight
-        return SecAggOutcome(mean, ordered, dict(self.dropped), dict(self.late), total_weight)
+        total_weight = float(weight_sum) / settings.quantization_range * settings.weight_cap
+        return SecAggOutcome(mean, ordered, dict(self.dropped), dict(self.late), total_weight,
+                             contributors=len(self.shared_keys))
 
     def collect_shares(self, u3: set[int], dead: set[int]) -> dict[int, list[bytes]]:
         """Stage 4: each survivor names, per neighbour, the share it holds: of b for a survivor, of sk1 for a

@@ -19,7 +19,7 @@ from flwr.common import bytes_to_ndarray, ndarray_to_bytes
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr_privacy.clients.secagg import secaggplus_mod
 from flwr_privacy.strategies.base import FederationError
-from flwr_privacy.strategies.message import DGC, DSSGD, FedAvg, SecAggPlus
+from flwr_privacy.strategies.message import DGC, DSSGD, DistributedDP, FedAvg, SecAggPlus
 from scipy import stats
 
 from experiments.inprocess import InProcessGrid
@@ -324,3 +324,106 @@ def test_a_train_config_reaches_the_app_under_secure_aggregation():
         grid=grid, initial_arrays=ArrayRecord(net().state_dict()), num_rounds=1, train_config=ConfigRecord({"lr": 0.3})
     )
     assert got == [0.3] * NUM_NODES
+
+
+# Distributed DP: the clients clip their change and add their share of the noise; the server unmasks a sum
+# that is already noised, so the epsilon holds against the server too.
+
+
+def uniform_mean(initial: ArrayRecord, pids: list[int], clip: float | None = None) -> dict[str, np.ndarray]:
+    """The unweighted mean of those nodes' models, each change clipped to L2 norm ``clip`` over all entries."""
+    keys = [k for k, a in initial.items() if a.numpy().dtype.kind == "f"]
+    changes = []
+    for p in pids:
+        change = [step(p, initial[k].numpy().shape).astype(np.float64) for k in keys]
+        norm = np.sqrt(sum(float((c**2).sum()) for c in change))
+        scale = 1.0 if clip is None else min(1.0, clip / norm)
+        changes.append([c * scale for c in change])
+    return {k: initial[k].numpy() + np.mean([c[i] for c in changes], axis=0) for i, k in enumerate(keys)}
+
+
+def residual(result, expected: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([(result.arrays[k].numpy().astype(np.float64) - v).ravel() for k, v in expected.items()])
+
+
+def test_distributed_dp_clips_each_change_and_weighs_every_node_the_same():
+    """With almost no noise, the model is the unweighted mean of the clipped changes (the nodes' example
+    counts differ: an example-weighted mean would be far off)."""
+    dp = DistributedDP(noise_multiplier=1e-6, clipping_norm=0.1)
+    _, initial, result = run(make_app(), secagg=SecAggPlus(num_shares=5, reconstruction_threshold=3, dp=dp))
+    pids = list(range(NUM_NODES))
+    level = 2 * SETTINGS.clipping_range / SETTINGS.quantization_range
+    assert np.abs(residual(result, uniform_mean(initial, pids, clip=0.1))).max() <= 2 * level
+    assert np.abs(residual(result, uniform_mean(initial, pids))).max() > 1e-2  # clipping did bite
+
+
+def test_the_sum_carries_the_planned_noise_and_the_epsilon_is_that_of_its_gaussian_mechanism():
+    z, clip = 0.8, 2.0  # no change reaches the norm (about 0.75): the residual is the noise alone
+    dp = DistributedDP(noise_multiplier=z, clipping_norm=clip, delta=1e-5)
+    strategy, initial, result = run(make_app(), secagg=SecAggPlus(num_shares=5, reconstruction_threshold=3, dp=dp),
+                                    rounds=1)
+    noise = residual(result, uniform_mean(initial, list(range(NUM_NODES))))
+    assert np.std(noise) == pytest.approx(z * clip / NUM_NODES, rel=0.15)  # std z C on the sum, over n nodes
+    record = strategy.history[-1]
+    assert record["distributed_dp_noise_multiplier"] == pytest.approx(z)
+    # The Gaussian mechanism on a sum of sensitivity C, by Opacus's own RDP accountant (sample rate 1).
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.step(noise_multiplier=z, sample_rate=1.0)
+    assert record["distributed_dp_epsilon"] == pytest.approx(accountant.get_epsilon(1e-5), rel=0.02)
+
+
+def test_a_drop_out_leaves_less_noise_in_the_sum_and_the_epsilon_says_so():
+    z = 1.0
+    dp = DistributedDP(noise_multiplier=z, clipping_norm=0.5)
+    settings = SecAggPlus(num_shares=5, reconstruction_threshold=3, dp=dp)
+    full, _, _ = run(make_app(), secagg=settings)
+    dropped, _, _ = run(make_app(drop_at(Stage.COLLECT_MASKED_VECTORS, 0)), secagg=settings)
+    assert dropped.history[-1]["distributed_dp_noise_multiplier"] == pytest.approx(z * np.sqrt(5 / 6))
+    assert dropped.history[-1]["distributed_dp_epsilon"] > full.history[-1]["distributed_dp_epsilon"]
+
+
+def test_tolerated_colluders_are_paid_for_with_more_noise_from_each_node():
+    """t = 2: each node adds std z C / sqrt(n - t), so that any n - t honest shares still sum to z C."""
+    z, clip = 0.8, 2.0
+    dp = DistributedDP(noise_multiplier=z, clipping_norm=clip, tolerated=2)
+    strategy, initial, result = run(make_app(), secagg=SecAggPlus(num_shares=5, reconstruction_threshold=3, dp=dp))
+    noise = residual(result, uniform_mean(initial, list(range(NUM_NODES))))
+    per_node = z * clip / np.sqrt(NUM_NODES - 2)
+    assert np.std(noise) == pytest.approx(per_node * np.sqrt(NUM_NODES) / NUM_NODES, rel=0.15)
+    assert strategy.history[-1]["distributed_dp_noise_multiplier"] == pytest.approx(z)
+
+
+def test_a_sum_left_without_noise_is_not_applied():
+    """t = 5 of 6 and one drops: the 5 left are no more than the colluders the plan tolerates."""
+    dp = DistributedDP(noise_multiplier=1.0, clipping_norm=0.5, tolerated=5)
+    strategy, initial, result = run(make_app(drop_at(Stage.COLLECT_MASKED_VECTORS, 0)),
+                                    secagg=SecAggPlus(num_shares=5, reconstruction_threshold=3, dp=dp))
+    record = strategy.history[-1]
+    assert record["accepted"] == 0 and record["distributed_dp_epsilon"] == float("inf")
+    for key, array in initial.items():
+        assert np.array_equal(result.arrays[key].numpy(), array.numpy())
+
+
+def test_flowers_dp_wrapper_around_a_secure_strategy_is_refused_saying_what_to_use():
+    from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+
+    wrapper = DifferentialPrivacyClientSideFixedClipping(FedAvg(secagg=SETTINGS), 1.0, 0.5, num_sampled_clients=6)
+    grid = InProcessGrid(make_app(), {}, NUM_NODES)
+    with pytest.raises(ValueError, match="use SecAggPlus\\(dp=DistributedDP"):
+        wrapper.start(grid=grid, initial_arrays=ArrayRecord(net().state_dict()), num_rounds=1)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"noise_multiplier": 0, "clipping_norm": 1}, "noise_multiplier=0 must be a positive number"),
+        ({"noise_multiplier": 1, "clipping_norm": float("inf")}, "clipping_norm=inf must be a positive number"),
+        ({"noise_multiplier": 1, "clipping_norm": 1, "delta": 1}, "delta=1 must lie in \\(0, 1\\)"),
+        ({"noise_multiplier": 1, "clipping_norm": 1, "tolerated": -1}, "tolerated=-1 must be an int >= 0"),
+    ],
+)
+def test_bad_distributed_dp_settings_are_refused_naming_the_value(options, message):
+    with pytest.raises(ValueError, match=message):
+        DistributedDP(**options)
