@@ -105,3 +105,19 @@ def test_a_run_whose_every_reply_is_rejected_exits_non_zero_with_the_reason(fres
     assert len(error) == 1, result.stderr[-2000:]
     assert error[0].startswith("error: the Flower run finished:failed")
     assert "3 rounds in a row rejected every client reply" in error[0] and "expected 4 arrays" in error[0]
+
+
+def test_flwr_run_trains_the_users_app_under_secure_aggregation(fresh_env, tmp_path):
+    """Flower's simulation engine (Ray, a context per SuperNode) carries SecAgg+'s four stages a round."""
+    app = tmp_path / "app"
+    changes = write_app(app, "fedavg-secagg")
+    assert all(n <= 2 for n in changes.values()), changes
+    result = flwr_run(
+        fresh_env, app, **{"num-server-rounds": ROUNDS["fedavg-secagg"], "fraction-train": 1.0,
+                           "result-file": str(app / "result.json")}
+    )
+    history = result["history"]
+    assert history[-1]["test_accuracy"] > history[0]["test_accuracy"] + 0.3, [r["test_accuracy"] for r in history]
+    for record in history[1:]:
+        assert record["failures"] == 0 and record["accepted"] == NUM_NODES
+        assert record["secagg_bytes_up"] > 0
