@@ -434,6 +434,11 @@ class FedAvg(MessageStrategy):
 
     def __init__(self, *, dtype: str = "float32", **options: Any) -> None:
         super().__init__(**options)
+        if self.secagg is not None and dtype != "float32":
+            raise ValueError(
+                f"dtype={dtype!r} cannot go with secagg: under SecAgg+ clients upload a quantized, masked change, "
+                "not float values; leave dtype at 'float32'"
+            )
         self.dtype = dtype
 
     def build_rounds(self, arrays: list[np.ndarray], keys: list[str]) -> AlgorithmRounds:

@@ -290,6 +290,11 @@ def test_bad_settings_are_refused_naming_the_value(options, message):
         SecAggPlus(**options)
 
 
+def test_a_float16_uplink_is_refused_under_secure_aggregation():
+    with pytest.raises(ValueError, match="dtype='float16' cannot go with secagg"):
+        FedAvg(secagg=SETTINGS, dtype="float16")
+
+
 def test_a_strategy_refuses_a_secagg_that_is_not_the_settings_object():
     with pytest.raises(TypeError, match="secagg must be a flwr_privacy.strategies.message.SecAggPlus"):
         FedAvg(secagg={"num_shares": 3})
