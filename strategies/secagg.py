@@ -64,7 +64,8 @@ class SecAggError(ValueError):
 
 @dataclass(frozen=True)
 class SecAggPlus:
-    """SecAgg+'s settings, Flower's ``SecAggPlusWorkflow``'s names and defaults.
+    """SecAgg+'s settings under Flower's ``SecAggPlusWorkflow``'s names, with its defaults where it has any
+    (it has none for ``num_shares`` and ``reconstruction_threshold``).
 
     Args:
         num_shares: neighbours each node shares its secrets with, itself included (an int >= 3, or a
