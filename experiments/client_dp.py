@@ -23,9 +23,9 @@ from flwr.server.strategy import DifferentialPrivacyServerSideFixedClipping
 from flwr_privacy.strategies.privacy import client_level_spent
 
 from experiments.client_app import client_fn
+from experiments.dpsgd_plot import run_point
 from experiments.federation import make_strategy, validate_run_config
 from experiments.inprocess import make_federation, run_inprocess
-from experiments.results import load_rows
 
 DELTA = 1e-5
 BASE = {"strategy": "fedavg", "num-clients": 10, "fraction-fit": 1.0, "device": "cpu", "seed": 0, "output-dir": ""}
@@ -57,16 +57,16 @@ def run(run_config: dict[str, Any], noise_multiplier: float | None, clip: float)
 
 
 def dpsgd_points(folders: list[str]) -> list[dict[str, Any]]:
-    """Final accuracy and epsilon of finished ``experiments.run`` folders trained with DP-SGD."""
+    """Final accuracy and epsilon of finished ``experiments.run`` folders trained with DP-SGD, as
+    ``experiments.dpsgd_plot.run_point`` reads and checks them."""
     points = []
     for folder in folders:
-        rows = load_rows(folder)
-        config = json.loads((Path(folder) / "config.json").read_text())
+        point = run_point(folder)
         points.append({
-            "mechanism": f"{config.get('strategy')} + DP-SGD (sample-level)",
-            "epsilon": rows[-1].get("epsilon_total_max"),
-            "accuracy": rows[-1]["test_accuracy"],
-            "folder": folder,
+            "mechanism": f"{point['strategy']} + DP-SGD (sample-level)",
+            "epsilon": point["epsilon"],
+            "accuracy": point["accuracy"],
+            "folder": point["folder"],
         })
     return points
 
@@ -123,9 +123,13 @@ def main(argv: list[str] | None = None) -> None:
         run_config[key.replace("_", "-")] = parse(value)
     if "dataset" in run_config and "data-dir" not in run_config:  # where the Hydra runner would look
         run_config["data-dir"] = dataset_folder(run_config["dataset"])
+    try:  # read before the runs: a folder that is not a finished run is one line, not a traceback later
+        dpsgd = dpsgd_points([f for f in args.dpsgd_runs.split(",") if f.strip()])
+    except ValueError as err:
+        raise SystemExit(f"error: --dpsgd-runs: {err}") from None
     points = [run(run_config, None, args.clip)]
     points += [run(run_config, float(z), args.clip) for z in args.noise.split(",") if z.strip()]
-    points += dpsgd_points([f for f in args.dpsgd_runs.split(",") if f.strip()])
+    points += dpsgd
     print("| mechanism | z | C | epsilon (delta 1e-5) | test accuracy |")
     print("|---|---|---|---|---|")
     for p in points:

@@ -48,6 +48,7 @@ def run_point(folder: str | Path) -> dict[str, Any]:
     features = "" if config.get("features", "pixels") == "pixels" else f"{config['features']} "
     return {
         "dataset": config["dataset"],
+        "strategy": config["strategy"],
         "label": f"{config['strategy']}, {features}{config['model']}",
         "epsilon": None if epsilon is None else float(epsilon),
         "accuracy": float(last["test_accuracy"]),

@@ -29,8 +29,8 @@ def test_runs_become_points_and_one_png_with_both_data_sets(tmp_path, capsys):
         finished_run(tmp_path / "d", "cifar10", 0.61, 2.99),
     ]
     point = run_point(runs[0])
-    assert point == {"dataset": "mnist", "label": "fedavg, scatternet scatter-linear", "epsilon": 2.994,
-                     "accuracy": 0.9787, "folder": str(runs[0])}
+    assert point == {"dataset": "mnist", "strategy": "fedavg", "label": "fedavg, scatternet scatter-linear",
+                     "epsilon": 2.994, "accuracy": 0.9787, "folder": str(runs[0])}
     assert run_point(runs[2])["epsilon"] is None
     out = tmp_path / "plot.png"
     main([str(r) for r in runs] + ["--out", str(out)])
@@ -49,3 +49,16 @@ def test_a_folder_that_is_no_finished_run_is_one_line_and_exit_1(tmp_path, capsy
     (tmp_path / "rounds.json").write_text(json.dumps([{"round": 1, "test_accuracy": 0.9}]))
     with pytest.raises(ValueError, match="trained with DP-SGD but its last round reports no epsilon_total_max"):
         run_point(tmp_path)
+
+
+def test_client_dp_reads_dpsgd_runs_as_the_plot_does_and_refuses_a_bad_folder_before_any_run(tmp_path):
+    """``experiments.client_dp --dpsgd-runs``: the same points, and a bad folder is one line, before training."""
+    from experiments.client_dp import dpsgd_points
+    from experiments.client_dp import main as client_dp_main
+
+    run = finished_run(tmp_path / "a", "mnist", 0.9787, 2.994)
+    assert dpsgd_points([str(run)]) == [
+        {"mechanism": "fedavg + DP-SGD (sample-level)", "epsilon": 2.994, "accuracy": 0.9787, "folder": str(run)}
+    ]
+    with pytest.raises(SystemExit, match=f"error: --dpsgd-runs: {tmp_path / 'nothing'} is not a run folder"):
+        client_dp_main(["--dpsgd-runs", str(tmp_path / "nothing"), "num_rounds=1"])
