@@ -116,6 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="privacy_curve", help="folder for points.json and accuracy_epsilon.png")
     parser.add_argument("overrides", nargs="*", help="run-config key=value (kebab or snake case)")
     args = parser.parse_args(argv)
+    try:  # read before anything runs: a folder that is not a finished run is one line, not a traceback later
+        dpsgd = dpsgd_points([f for f in args.dpsgd_runs.split(",") if f.strip()])
+    except ValueError as err:
+        raise SystemExit(f"error: --dpsgd-runs: {err}") from None
     FLOWER_LOGGER.setLevel(logging.ERROR)
     run_config: dict[str, Any] = dict(BASE)
     for item in args.overrides:
@@ -123,10 +127,6 @@ def main(argv: list[str] | None = None) -> None:
         run_config[key.replace("_", "-")] = parse(value)
     if "dataset" in run_config and "data-dir" not in run_config:  # where the Hydra runner would look
         run_config["data-dir"] = dataset_folder(run_config["dataset"])
-    try:  # read before the runs: a folder that is not a finished run is one line, not a traceback later
-        dpsgd = dpsgd_points([f for f in args.dpsgd_runs.split(",") if f.strip()])
-    except ValueError as err:
-        raise SystemExit(f"error: --dpsgd-runs: {err}") from None
     points = [run(run_config, None, args.clip)]
     points += [run(run_config, float(z), args.clip) for z in args.noise.split(",") if z.strip()]
     points += dpsgd

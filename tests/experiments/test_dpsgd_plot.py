@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -60,5 +61,8 @@ def test_client_dp_reads_dpsgd_runs_as_the_plot_does_and_refuses_a_bad_folder_be
     assert dpsgd_points([str(run)]) == [
         {"mechanism": "fedavg + DP-SGD (sample-level)", "epsilon": 2.994, "accuracy": 0.9787, "folder": str(run)}
     ]
+    flower = logging.getLogger("flwr")
+    level = flower.level
     with pytest.raises(SystemExit, match=f"error: --dpsgd-runs: {tmp_path / 'nothing'} is not a run folder"):
         client_dp_main(["--dpsgd-runs", str(tmp_path / "nothing"), "num_rounds=1"])
+    assert flower.level == level  # refused before it quietened Flower's logger for the rest of the process
