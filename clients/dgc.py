@@ -41,6 +41,18 @@ MEMORY_KEY = "dgc.memory"
 MODEL_KEY = "dgc.model"
 
 
+def shared_indices(value: Any, expected: int, numel: int) -> torch.Tensor:
+    """The round's shared coordinates as the server sent them: ``expected`` sorted distinct ints in [0, numel)."""
+    if not isinstance(value, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in value):
+        raise ValueError("dgc_indices must be a list of ints")
+    indices = torch.tensor(value, dtype=torch.int64)
+    if len(indices) != expected or (len(indices) and (int(indices[0]) < 0 or int(indices[-1]) >= numel)) or bool(
+        (indices[1:] <= indices[:-1]).any()
+    ):
+        raise ValueError(f"dgc_indices must be {expected} sorted distinct ints in [0, {numel})")
+    return indices
+
+
 class DGCClient(TrainingClient):
     """One DGC worker.
 
@@ -126,7 +138,12 @@ class DGCClient(TrainingClient):
         else:
             self.private_round(plan, memory, start, generator, float(config.get("server_lr", 0.0)))
         torch.nn.utils.vector_to_parameters(start, self.model.parameters())
-        indices, values = memory.compress_and_mask(sparsity, generator)
+        shared = config.get("dgc_indices")  # under secure aggregation: the round's coordinates, the same for all
+        if shared is not None and sparsity > 0:
+            indices = shared_indices(shared, memory.num_selected(sparsity), memory.numel)
+            values = memory.take_and_mask(indices)
+        else:
+            indices, values = memory.compress_and_mask(sparsity, generator)
         state = memory.state_dict()
         save_arrays(self.state, MEMORY_KEY, [state["u"], state["v"]])
         _, buffers = split_trainable(model_to_arrays(self.model), self.trainable)

@@ -12,7 +12,10 @@ reply then carries the app's metrics in the clear and the masked vector (Flower'
 A change (times the node's weight ``num_examples / max_weight``) beyond the clipping range, or more
 examples than ``max_weight``, would be clipped into a wrong sum without a word: the node refuses to send
 instead, naming the value, and the server counts it as a drop-out. Any message without SecAgg+'s record
-(evaluation, or a round of a strategy without secure aggregation) goes to the app untouched.
+(evaluation, or a round of a strategy without secure aggregation) goes to the app untouched. A strategy
+whose clients reply with what adds up as it is (DGC's values at coordinates shared by the round) asks for
+a ``"payload"`` upload instead: the reply's float arrays are masked as they are, its integer ones (the
+indices, which the server chose) never leave.
 
 Under ``SecAggPlus(dp=DistributedDP(...))`` the server's stage-3 record carries the plan: the change is
 clipped to the L2 norm C, the node adds its share of the sum's Gaussian noise
@@ -30,7 +33,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, bytes_to_ndarray, ndarray_to_bytes, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 from flwr.compat.common import recorddict_compat as compat
-from flwr_privacy.strategies.secagg import DP_KEYS
+from flwr_privacy.strategies.secagg import DP_KEYS, UPLOAD_KEY
 
 from flwr_privacy.privacy.distributed import DistributedDP, clip_update, noise_share
 
@@ -44,8 +47,12 @@ def secaggplus_mod(msg: Message, context: Context, call_next: ClientAppCallable)
     stage = msg.content.config_records[RECORD_KEY_CONFIGS].get("stage")
     if stage != Stage.COLLECT_MASKED_VECTORS:
         return flower_secaggplus_mod(msg, context, call_next)
-    sent = float_arrays(msg.content.array_records.get("arrays"), "the message")
-    dp = distributed_dp(msg.content.config_records[RECORD_KEY_CONFIGS])
+    configs = msg.content.config_records[RECORD_KEY_CONFIGS]
+    upload = configs.pop(UPLOAD_KEY, "change")
+    if upload not in ("change", "payload"):
+        raise ValueError(f"the server asks for a {upload!r} upload: not 'change' or 'payload'")
+    sent = float_arrays(msg.content.array_records.get("arrays"), "the message") if upload == "change" else {}
+    dp = distributed_dp(configs)
     metrics: dict[str, Any] = {}
 
     def train_and_report_change(message: Message, ctxt: Context) -> Message:
@@ -58,9 +65,12 @@ def secaggplus_mod(msg: Message, context: Context, call_next: ClientAppCallable)
         if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples <= 0:
             raise ValueError(f"the reply's metrics need a positive integer 'num-examples', got {num_examples!r}")
         trained = float_arrays(content.array_records.get("arrays"), "the reply")
-        if list(trained) != list(sent):
-            raise ValueError(f"the reply's arrays {list(trained)[:5]} are not the message's {list(sent)[:5]}")
-        change = [trained[k].astype(np.float64) - sent[k] for k in sent]
+        if upload == "payload":  # the reply's own float arrays (DGC's v at the round's shared coordinates)
+            change = [a.astype(np.float64) for a in trained.values()]
+        else:
+            if list(trained) != list(sent):
+                raise ValueError(f"the reply's arrays {list(trained)[:5]} are not the message's {list(sent)[:5]}")
+            change = [trained[k].astype(np.float64) - sent[k] for k in sent]
         weight = num_examples
         if dp is not None:  # clipped, its share of the noise added, and weighed as every other client
             plan, contributors = dp

@@ -469,6 +469,16 @@ class AlgorithmRounds(ABC):
             "clip as a model update nor sum; use sample-level DP-SGD (dpsgd.enabled) for a formal guarantee"
         )
 
+    secure_upload = "change"  # what the SecAgg+ mod masks: "change" (of the model) or "payload" (the reply)
+
+    def secure_shapes(self, server_round: int) -> list[tuple[int, ...]]:
+        """Under SecAgg+ (``enter``ed), the shapes of each client's masked vector this round."""
+        raise NotImplementedError(f"{type(self).__name__} does not run under secure aggregation")
+
+    def secure_payload(self, mean: list[np.ndarray]) -> list[np.ndarray]:
+        """Under SecAgg+, the unmasked weighted mean of the clients' vectors as a reply ``decode`` takes."""
+        raise NotImplementedError(f"{type(self).__name__} does not run under secure aggregation")
+
     def adopt(self, arrays: Sequence[np.ndarray]) -> None:
         """Take the global model Flower hands back (a DP wrapper's noised average) as this strategy's own."""
         raise NotImplementedError(f"{type(self).__name__} keeps its own global model")

@@ -11,15 +11,24 @@ every value without indices.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from flwr_privacy.strategies.base import Accepted, AlgorithmRounds, Config, MetricBound, check_update_norm
+from flwr_privacy.strategies.layers import MESSAGE_SECAGG, Layer
 from flwr_privacy.strategies.legacy import LegacyStrategy
 
-from flwr_privacy.algorithms.dgc import DGCConfig, DGCServer, average_sparse, dense_tensors, entries_sent
+from flwr_privacy.algorithms.dgc import (
+    DGCConfig,
+    DGCServer,
+    average_sparse,
+    dense_tensors,
+    entries_sent,
+    shared_selection,
+)
 from flwr_privacy.compression.base import PayloadError
 from flwr_privacy.compression.dense import DenseCodec
 from flwr_privacy.compression.model_update import SparseUpdateCodec
@@ -77,6 +86,10 @@ class DGCRounds(AlgorithmRounds):
         self.sampled: list[str] = []
         self.round_sparsity = config.sparsity_at(0)
         self.round_k = self.entries(1)
+        # Under secure aggregation: one random coordinate set a round for every client (``shared_selection``),
+        # sent with the instruction.
+        self.shared = False
+        self.round_indices = torch.arange(self.weights.numel())
 
     def settings(self) -> Config:
         return {
@@ -101,6 +114,14 @@ class DGCRounds(AlgorithmRounds):
     def configure(self, server_round: int, clients: Sequence[str]) -> list[tuple[list[np.ndarray] | None, Config]]:
         sparsity = self.config.sparsity_at(server_round - 1)
         self.recorder.add(sparsity=sparsity)
+        shared: list[int] = []
+        if self.shared:
+            generator = torch.Generator().manual_seed(secrets.randbits(63))  # no run seed replays the choice
+            self.round_indices = (
+                shared_selection(self.segments, self.whole, sparsity, generator)
+                if sparsity > 0 else torch.arange(self.weights.numel())
+            )
+            shared = self.round_indices.tolist()
         instructions = []
         for client in clients:
             config: Config = {
@@ -111,6 +132,8 @@ class DGCRounds(AlgorithmRounds):
                 "server_lr": self.config.lr_at(server_round, self.lr),  # a local SGD's step (local_update)
                 **self.settings(),
             }
+            if self.shared and sparsity > 0:
+                config["dgc_indices"] = shared
             payload = None
             held = self.versions.get(client)
             if self.downlink == "sparse" and held is not None:
@@ -169,6 +192,34 @@ class DGCRounds(AlgorithmRounds):
             self.forget_old_versions()
             oldest = min(self.versions.values(), default=server_round)
             self.changed = {r: i for r, i in self.changed.items() if r > oldest}
+
+    def enter(self, layer: Layer) -> None:
+        """Under secure aggregation every client of a round sends its v at the same coordinates (``shared_
+        selection``: drawn at random by the server each round), not its own top-k. The masked values then add
+        up, and no index leaves a client. Flower's client-level DP wrappers, and its legacy SecAggPlusWorkflow
+        (which would sum the indices), are refused (``AlgorithmRounds.enter``)."""
+        if layer != MESSAGE_SECAGG:  # Flower's DP wrappers, and its legacy SecAggPlusWorkflow (it sums indices)
+            super().enter(layer)
+        if self.aggregation != "mean" or self.value_dtype != "float32":
+            raise ValueError(
+                f"DGC under {layer.name} needs aggregation='mean' and value_dtype='float32' (it sums quantized "
+                f"values), got {self.aggregation!r} and {self.value_dtype!r}"
+            )
+        self.shared, self.layer = True, layer
+
+    secure_upload = "payload"  # the clients' own arrays are masked (values and buffers), not a model change
+
+    def secure_shapes(self, server_round: int) -> list[tuple[int, ...]]:
+        """What each client's masked vector holds this round: its v at the shared coordinates, its buffers."""
+        return [(len(self.round_indices),), *buffer_shapes(self.shapes, self.trainable)]
+
+    def secure_payload(self, mean: list[np.ndarray]) -> list[np.ndarray]:
+        """The unmasked weighted mean as a reply this strategy decodes: the shared coordinates, their mean v."""
+        values = torch.from_numpy(np.asarray(mean[0], dtype=np.float32))
+        buffers = [np.asarray(b, dtype=np.float32) for b in mean[1:]]
+        if self.round_sparsity == 0:
+            return self.dense_codec.encode([values.numpy(), *buffers])
+        return self.sparse_codec.encode(self.round_indices, values, buffers)
 
     def sparse_is_smaller(self, entries: int) -> bool:
         """Whether a delta of this many entries costs less than the dense model."""

@@ -81,6 +81,15 @@ class FedAvgRounds(AlgorithmRounds):
             )
         self.layer = layer
 
+    secure_upload = "change"  # under SecAgg+ the clients' mod masks the change of the model it was sent
+
+    def secure_shapes(self, server_round: int) -> list[tuple[int, ...]]:
+        return list(self.shapes)
+
+    def secure_payload(self, mean: list[np.ndarray]) -> list[np.ndarray]:
+        """The global model moved by the unmasked mean change, as a client's model."""
+        return [(w.astype(np.float64) + d).astype(np.float32) for w, d in zip(self.model, mean)]
+
     def adopt(self, arrays: Sequence[np.ndarray]) -> None:
         model = float_arrays(arrays)
         if [a.shape for a in model] != self.shapes:

@@ -50,6 +50,11 @@ class Layer:
     name: str
 
 
+# flwr_privacy's own SecAgg+ for the Message API (``strategies.secagg``): it tells the strategy itself, and
+# lets an algorithm send what adds up under masks (DGC: its v at coordinates shared by the round's clients).
+MESSAGE_SECAGG = Layer("SecAgg+", "secure aggregation (flwr_privacy.strategies.secagg)")
+
+
 def layer_of_caller(depth: int = 2) -> Layer | None:
     """The Flower privacy layer among the callers of the method that calls this (``depth`` frames up)."""
     frame: FrameType | None = sys._getframe(depth)

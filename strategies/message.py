@@ -51,7 +51,7 @@ from flwr_privacy.strategies.base import (
 from flwr_privacy.strategies.dgc import DGCRounds, check_server_arguments
 from flwr_privacy.strategies.dssgd import DSSGDRounds
 from flwr_privacy.strategies.fedavg import FedAvgRounds
-from flwr_privacy.strategies.layers import Layer, layer_of_caller
+from flwr_privacy.strategies.layers import MESSAGE_SECAGG, layer_of_caller
 from flwr_privacy.strategies.privacy import distributed_spent
 from flwr_privacy.strategies.robust import NUM_MALICIOUS_CLIENTS, TRIM_FRACTION
 from flwr_privacy.strategies.secagg import SecAggError, SecAggOutcome, SecAggPlus, SecAggPlusRound, config_nbytes
@@ -63,8 +63,6 @@ from flwr_privacy.privacy.distributed import DistributedDP, sum_noise_multiplier
 from flwr_privacy.privacy.dpsgd import DPSGDPlan
 
 __all__ = ["DGC", "DGCConfig", "DSSGD", "DSSGDConfig", "DistributedDP", "FedAvg", "MessageStrategy", "SecAggPlus"]
-
-SECAGG_LAYER = Layer("SecAgg+", "secure aggregation (flwr_privacy.strategies.secagg)")
 
 # State entries that are buffers, not parameters, when a strategy is not told which are trainable:
 # what torch's normalization layers register.
@@ -169,7 +167,7 @@ class MessageStrategy(Strategy):
         self.rounds.num_malicious_clients = self.num_malicious_clients
         self.rounds.ledger.plan = self.dpsgd
         if self.secagg is not None:
-            self.rounds.enter(SECAGG_LAYER)  # an algorithm that cannot be summed says why, before anything is sent
+            self.rounds.enter(MESSAGE_SECAGG)  # an algorithm that cannot be summed says why, before anything is sent
 
     @property
     def algorithm(self) -> AlgorithmRounds:
@@ -281,8 +279,9 @@ class MessageStrategy(Strategy):
         self, server_round: int, nodes: list[int], contents: list[RecordDict], grid: Grid
     ) -> list[Message]:
         """SecAgg+'s first two stages with the sampled nodes; the third's messages carry the training."""
-        shapes = [self.model_template[k].numpy().shape for k in self.float_keys]
-        self.pending = SecAggPlusRound(self.secagg, grid, server_round, shapes, on_traffic=self.recorder.protocol)
+        shapes = self.algorithm.secure_shapes(server_round)
+        self.pending = SecAggPlusRound(self.secagg, grid, server_round, shapes, on_traffic=self.recorder.protocol,
+                                       upload=self.algorithm.secure_upload)
         self.pending_error = None
         try:
             messages = self.pending.open(nodes, contents)
@@ -301,8 +300,9 @@ class MessageStrategy(Strategy):
         check_metrics(metrics, self.algorithm.metric_bounds(self.recorder.current_round))
 
     def secagg_replies(self, outcome: SecAggOutcome, pending: SecAggPlusRound) -> list[Reply]:
-        """The unmasked round as replies for the algorithm: each survivor carries the global model moved by
-        the mean change (the algorithm averages identical models), each drop-out its reason."""
+        """The unmasked round as replies for the algorithm: each survivor carries the mean as the algorithm
+        decodes a reply (FedAvg: the global model moved by the mean change; DGC: the mean v at the round's
+        shared coordinates), and the algorithm averages identical copies; each drop-out its reason."""
         for node, reason in outcome.late.items():
             log(WARNING, "round %s: node %s: %s", pending.server_round, node, reason)
         replies = [Reply(str(n), None, 0, {}, error=reason) for n, reason in sorted(outcome.dropped.items())]
@@ -310,10 +310,7 @@ class MessageStrategy(Strategy):
             why = outcome.error or "SecAgg+ gave no sum"
             left = [n for n in pending.sampled if n not in outcome.dropped]
             return replies + [Reply(str(n), None, 0, {}, error=why) for n in left]
-        model = [
-            (w.astype(np.float64) + d).astype(np.float32)
-            for w, d in zip(self.algorithm.global_arrays(), outcome.mean_update)
-        ]
+        model = self.algorithm.secure_payload(outcome.mean_update)
         for message in outcome.survivors:
             metrics = dict(message.content.metric_records.get("metrics", MetricRecord()))
             replies.append(Reply(

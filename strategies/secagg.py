@@ -12,8 +12,9 @@ One training round is the protocol's four stages (Bell et al., Fig. 1; the sets 
 2. ``share_keys``: each gets its neighbours' keys and answers with its mask seed b and key sk1 cut into
    Shamir shares, one encrypted for each neighbour (U2).
 3. ``collect_masked_vectors``: each gets the training instruction with the shares addressed to it,
-   trains, and answers with its quantized, weighted update plus its own mask PRG(b) and a pairwise mask
-   for every neighbour in U2 (U3). In the sum over U3 the pairwise masks of two members cancel.
+   trains, and answers with its quantized, weighted update (FedAvg: the change of the model; DGC: its v at
+   the round's shared coordinates) plus its own mask PRG(b) and a pairwise mask for every neighbour in U2
+   (U3). In the sum over U3 the pairwise masks of two members cancel.
 4. ``unmask``: each member of U3 sends, for each neighbour, the share of b (a member of U3) or of sk1
    (a member of U2 that sent no vector). With ``threshold`` shares the server removes each survivor's
    PRG(b) and each drop-out's pairwise masks with the survivors; it never asks for both of one node.
@@ -56,6 +57,7 @@ __all__ = ["DistributedDP", "SecAggPlus", "SecAggPlusRound", "SecAggOutcome", "S
 
 # Keys of stage 3's record that carry the distributed-DP plan to the clients (Flower's mod reads none of them).
 DP_KEYS = ("dp-noise-multiplier", "dp-clipping-norm", "dp-tolerated", "dp-contributors")
+UPLOAD_KEY = "upload"  # stage 3: "change" (of the model the message brought) or "payload" (the reply's arrays)
 
 
 class SecAggError(ValueError):
@@ -212,6 +214,7 @@ class SecAggPlusRound:
     server_round: int
     shapes: list[tuple[int, ...]]
     on_traffic: Callable[[int, int], None] = lambda down, up: None  # bytes of each stage's messages
+    upload: str = "change"  # what the clients mask: the change of the model, or their reply's arrays as sent
     sampled: list[int] = field(default_factory=list)
     neighbours: dict[int, set[int]] = field(default_factory=dict)
     public_keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
@@ -285,7 +288,7 @@ class SecAggPlusRound:
             content = RecordDict(dict(content.items()))  # the caller's content stays as it was
             content[RECORD_KEY_CONFIGS] = ConfigRecord({
                 Key.STAGE: Stage.COLLECT_MASKED_VECTORS, Key.CIPHERTEXT_LIST: ciphertexts, Key.SOURCE_LIST: sources,
-                **self.dp_settings(),
+                UPLOAD_KEY: self.upload, **self.dp_settings(),
             })
             messages.append(self.message(node, content))
         self.seconds += time.perf_counter() - started

@@ -7,6 +7,10 @@ once with ``secagg=SecAggPlus(...)`` and ``secaggplus_mod`` on the ClientApp. Th
 project's own (``experiments.federation.make_client``: the run config's partition, model, optimiser and
 seed), behind ``clients.message.train_reply``; the server scores every round's model on the test set.
 
+``--strategy dgc`` runs DGC instead (the run config's ``dgc.*``: the paper's warm-up to 99.9 %): under
+secure aggregation its clients send their v at one random coordinate set per round, the same for all
+(``flwr_privacy.algorithms.dgc.shared_selection``), instead of each its own top-k.
+
 Printed per run: the final accuracy after the run's rounds, the mean bytes up and down per client per round
 as the grid carried them (SecAgg+'s keys, shares and masked vectors included), and the server's own SecAgg+
 time per round. Seconds come from ``--repeats`` pairs of one-round runs, plain and secure alternating after
@@ -15,8 +19,8 @@ per-pair ratios. The clients run one after another in this process, so a round's
 the clients' work (training, masking) and the server's. ``--clients 50`` runs 50 clients (25 a round);
 ``--rounds`` shortens the accuracy runs. On a CPU shared with other work, ``--threads 1`` is steadier.
 
-    python -m experiments.benchmarks.secagg_round [--clients 10] [--rounds 10] [--num-shares 1.0]
-        [--threshold 0.5] [--repeats 3] [--threads N]
+    python -m experiments.benchmarks.secagg_round [--strategy fedavg|dgc] [--clients 10] [--rounds 10]
+        [--num-shares 1.0] [--threshold 0.5] [--repeats 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -34,22 +38,25 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 from flwr_privacy.clients.message import train_reply
 from flwr_privacy.clients.secagg import secaggplus_mod
-from flwr_privacy.strategies.message import FedAvg, SecAggPlus
+from flwr_privacy.strategies.message import DGC, FedAvg, SecAggPlus
 from hydra import compose, initialize_config_dir
 
 from experiments.federation import make_client, model_for, server_test_set, validate_run_config
 from experiments.inprocess import InProcessGrid
+from flwr_privacy import registry
 from flwr_privacy.config import RunConfig
 from flwr_privacy.training import evaluate, pick_device
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def main_job_config(num_clients: int, num_rounds: int | None) -> dict[str, Any]:
-    """The main job's run config (the Hydra defaults), with ``num_clients`` and ``num_rounds`` set."""
+def main_job_config(num_clients: int, num_rounds: int | None, strategy: str = "fedavg") -> dict[str, Any]:
+    """The main job's run config (the Hydra defaults), with ``num_clients``, ``num_rounds`` and the strategy
+    (``dgc``: its config group, the paper's warm-up to 99.9 %) set."""
     from experiments.run import to_run_config
 
-    overrides = [f"num_clients={num_clients}"] + ([f"num_rounds={num_rounds}"] if num_rounds else [])
+    overrides = [f"num_clients={num_clients}", f"strategy={strategy}"]
+    overrides += [f"num_rounds={num_rounds}"] if num_rounds else []
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         return to_run_config(compose(config_name="config", overrides=overrides))
 
@@ -61,8 +68,9 @@ def client_app(secure: bool) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         run_config = dict(context.run_config)
-        client = make_client(RunConfig.from_run_config(run_config), run_config, context)
-        return train_reply(msg, client.model, client, named=True)
+        cfg = RunConfig.from_run_config(run_config)
+        client = make_client(cfg, run_config, context)
+        return train_reply(msg, client.model, client, named=cfg.strategy == "fedavg")
 
     return app
 
@@ -82,10 +90,14 @@ def run(run_config: dict[str, Any], secagg: SecAggPlus | None) -> dict[str, Any]
         loss, accuracy = evaluate(scorer, test, device)
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
-    strategy = FedAvg(
+    options: dict[str, Any] = dict(
         fraction_train=cfg.fraction_fit, min_train_nodes=max(2, cfg.min_fit_clients), min_available_nodes=2,
         fraction_evaluate=0.0, seed=cfg.seed, secagg=secagg,
     )
+    if cfg.strategy == "dgc":
+        strategy: FedAvg | DGC = DGC(lr=cfg.lr, config=registry.get("dgc").config(run_config, cfg), **options)
+    else:
+        strategy = FedAvg(**options)
     grid = InProcessGrid(client_app(secagg is not None), run_config, cfg.num_clients)
     started = time.perf_counter()
     strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.num_rounds,
@@ -100,6 +112,7 @@ def run(run_config: dict[str, Any], secagg: SecAggPlus | None) -> dict[str, Any]
         "seconds": statistics.mean(r["wall_time_s"] for r in rounds),
         "total_seconds": elapsed,
         "up": statistics.mean(r["bytes_up_per_client"] for r in rounds),
+        "up_last": rounds[-1]["bytes_up_per_client"],
         "down": statistics.mean(r["bytes_down_per_client"] for r in rounds),
         "secagg_seconds": statistics.mean(r.get("secagg_seconds", 0.0) for r in rounds),
         "clients": rounds[-1]["clients"],
@@ -109,6 +122,7 @@ def run(run_config: dict[str, Any], secagg: SecAggPlus | None) -> dict[str, Any]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--strategy", default="fedavg", choices=("fedavg", "dgc"))
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=0, help="rounds per run (0: the main job's 10)")
     parser.add_argument("--num-shares", type=float, default=1.0, help="SecAggPlus num_shares (>= 3: a count)")
@@ -128,18 +142,20 @@ def main() -> None:
         )
     except ValueError as err:
         sys.exit(f"error: {err}")
-    run_config = main_job_config(args.clients, args.rounds or None)
-    one_round = main_job_config(args.clients, 1)
+    run_config = main_job_config(args.clients, args.rounds or None, args.strategy)
+    one_round = main_job_config(args.clients, 1, args.strategy)
     run(one_round, None), run(one_round, secagg)  # warm-up: data loading and caches, both code paths
     pairs = [(run(one_round, None)["seconds"], run(one_round, secagg)["seconds"]) for _ in range(args.repeats)]
     plain = run(run_config, None)
     secure = run(run_config, secagg)
-    print(f"{args.clients} clients, {plain['clients']} a round, {secagg}")
+    print(f"{args.strategy}, {args.clients} clients, {plain['clients']} a round, {secagg}")
     print(f"{'':8} {'accuracy':>9} {'B up/client':>12} {'B down/client':>14} {'SecAgg+ server s':>17} {'s/round':>8}")
     for name, row, seconds in (("plain", plain, [p for p, _ in pairs]), ("secagg", secure, [s for _, s in pairs])):
         print(f"{name:8} {row['accuracy']:9.4f} {row['up']:12.0f} {row['down']:14.0f} "
               f"{row['secagg_seconds']:17.2f} {statistics.median(seconds):8.2f}")
     ratio = statistics.median(s / p for p, s in pairs)
+    print(f"bytes up per client in the last round: plain {plain['up_last']:.0f}, secagg {secure['up_last']:.0f} "
+          f"({secure['up_last'] / plain['up_last']:.2f}x)")
     print(f"ratio secure / plain: seconds {ratio:.2f}x (median of {args.repeats} pairs), bytes up "
           f"{secure['up'] / plain['up']:.2f}x, bytes down {secure['down'] / plain['down']:.2f}x; accuracy "
           f"difference {100 * (secure['accuracy'] - plain['accuracy']):+.2f} points after {plain['rounds']} rounds")

@@ -323,6 +323,16 @@ class DGCMemory:
         self.mask_momentum(indices)
         return indices, values
 
+    def take_and_mask(self, indices: torch.Tensor) -> torch.Tensor:
+        """A round's send at coordinates chosen for every client alike (``shared_selection``): v there, then
+        mask_momentum on them, as ``compress_and_mask`` does on its own top-k."""
+        indices = indices.to(self.v.device)
+        if indices.dim() != 1 or (len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= self.numel)):
+            raise ValueError(f"shared indices must be a flat vector in [0, {self.numel})")
+        values = self.v[indices].clone()
+        self.mask_momentum(indices)
+        return values
+
     def num_selected(self, sparsity: float) -> int:
         """Entries compress sends at this sparsity (``entries_sent``)."""
         return entries_sent(self.segments, self.dense, sparsity)
@@ -350,6 +360,26 @@ class DGCMemory:
         if x.shape != (self.numel,):
             raise ValueError(f"{name}: expected a flat tensor of shape ({self.numel},), got {tuple(x.shape)}")
         return x.to(device=self.v.device, dtype=self.v.dtype)
+
+
+def shared_selection(
+    segments: Sequence[int], dense: Sequence[bool], sparsity: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """One coordinate set for every client of a round, so that their uploads add up under secure aggregation:
+    per tensor k coordinates drawn at random (as many as ``compress`` would take), tensors sent whole in full;
+    sorted global int64 indices. Each client's accumulation keeps what was not sent, so this is random-k
+    sparsification with error feedback (Stich, Cordonnier & Jaggi 2018), and the set depends on no data.
+    (The top-k of the server's last applied update would keep choosing the coordinates it chose before:
+    that update is zero elsewhere.)"""
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity={sparsity!r} is invalid: must be in [0, 1)")
+    chosen, offset = [], 0
+    for size, whole in zip(segments, dense):
+        k = size if whole else kept_count(size, sparsity)
+        local = torch.arange(size) if k >= size else torch.randperm(size, generator=generator)[:k]
+        chosen.append(torch.sort(local).values + offset)
+        offset += size
+    return torch.cat(chosen)
 
 
 def local_round(

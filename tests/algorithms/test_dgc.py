@@ -425,3 +425,34 @@ def test_the_servers_learning_rate_warms_up_then_follows_its_schedule() -> None:
 def test_bad_schedule_settings_raise_naming_the_key(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=f"DGCConfig.{match}="):
         DGCConfig(**kwargs)
+
+
+def test_shared_selection_takes_as_many_as_top_k_per_tensor_at_random_and_whole_tensors_whole():
+    """The coordinates all clients of a secure round send: the counts ``compress`` would take, sorted and
+    within each tensor, whole tensors in full, and a fresh draw each time."""
+    from flwr_privacy.algorithms.dgc import entries_sent, shared_selection
+
+    segments, dense = [1000, 10, 500], [False, True, False]
+    first = shared_selection(segments, dense, 0.99, torch.Generator().manual_seed(1))
+    second = shared_selection(segments, dense, 0.99, torch.Generator().manual_seed(2))
+    assert len(first) == entries_sent(segments, dense, 0.99) == 10 + 10 + 5
+    assert torch.equal(first, torch.sort(first).values) and len(torch.unique(first)) == len(first)
+    assert ((first >= 1000) & (first < 1010)).sum() == 10  # the whole tensor
+    assert ((first < 1000).sum(), (first >= 1010).sum()) == (10, 5)
+    assert not torch.equal(first, second)
+    with pytest.raises(ValueError, match="sparsity=1 is invalid"):
+        shared_selection(segments, dense, 1)
+
+
+def test_take_and_mask_sends_v_at_the_given_coordinates_and_clears_them():
+    from flwr_privacy.algorithms.dgc import DGCConfig, DGCMemory
+
+    memory = DGCMemory(DGCConfig(), [6])
+    memory.accumulate(torch.arange(1.0, 7.0))
+    indices = torch.tensor([1, 4])
+    values = memory.take_and_mask(indices)
+    assert torch.equal(values, torch.tensor([2.0, 5.0]))
+    assert memory.v[indices].abs().sum() == 0 and memory.u[indices].abs().sum() == 0  # Eq. 8's masking
+    assert memory.v[0] == 1.0  # the rest stays accumulated
+    with pytest.raises(ValueError, match="shared indices must be a flat vector in \\[0, 6\\)"):
+        memory.take_and_mask(torch.tensor([6]))
