@@ -290,7 +290,10 @@ class MessageStrategy(Strategy):
             messages = []
         for node, content in zip(nodes, contents):
             went = any(m.metadata.dst_node_id == node for m in messages)
-            self.recorder.sent(record_nbytes(content.array_records[self.arrayrecord_key]) if went else 0)
+            # The arrays, and what an instruction carries as a list (DGC's shared coordinates, 8 bytes each).
+            instruction = content.config_records[self.configrecord_key]
+            lists = sum(8 * len(v) for v in instruction.values() if isinstance(v, list))
+            self.recorder.sent(record_nbytes(content.array_records[self.arrayrecord_key]) + lists if went else 0)
         return messages
 
     def check_secagg_reply(self, message: Message) -> None:

@@ -563,6 +563,10 @@ def test_dgc_under_secure_aggregation_sends_no_index_and_learns():
     # The masked vector: the k shared values and the buffers, uint32: 4 bytes an entry, no index.
     k = len(strategy.algorithm.round_indices)
     assert len(seen[0]) == 1 + 1 + 2 and bytes_to_ndarray(seen[0][1]).shape == (k,)
+    # Down: the model, and the shared coordinates the instruction carries (8 bytes an index), both counted.
+    last = history[-1]
+    model = sum(len(a.data) for a in strategy.global_record().values())
+    assert last["bytes_down"] - last["secagg_bytes_down"] == NUM_NODES * (model + 8 * k)
 
 
 def test_flowers_legacy_secaggplus_workflow_still_refuses_dgc():
