@@ -86,9 +86,8 @@ class DGCRounds(AlgorithmRounds):
         self.sampled: list[str] = []
         self.round_sparsity = config.sparsity_at(0)
         self.round_k = self.entries(1)
-        # Under secure aggregation: one random coordinate set a round for every client (``shared_selection``),
-        # sent with the instruction.
-        self.shared = False
+        # Under secure aggregation (``shared``): one random coordinate set a round for every client
+        # (``shared_selection``), sent with the instruction.
         self.round_indices = torch.arange(self.weights.numel())
 
     def settings(self) -> Config:
@@ -205,7 +204,12 @@ class DGCRounds(AlgorithmRounds):
                 f"DGC under {layer.name} needs aggregation='mean' and value_dtype='float32' (it sums quantized "
                 f"values), got {self.aggregation!r} and {self.value_dtype!r}"
             )
-        self.shared, self.layer = True, layer
+        self.layer = layer
+
+    @property
+    def shared(self) -> bool:
+        """Whether this round's clients send at shared coordinates: inside flwr_privacy's SecAgg+."""
+        return self.layer == MESSAGE_SECAGG
 
     secure_upload = "payload"  # the clients' own arrays are masked (values and buffers), not a model change
 

@@ -135,7 +135,6 @@ class MessageStrategy(Strategy):
             raise TypeError(f"secagg must be a flwr_privacy.strategies.message.SecAggPlus, got {type(secagg).__name__}")
         self.secagg = secagg
         self.pending: SecAggPlusRound | None = None  # this round's SecAgg+, between configure and aggregate
-        self.pending_error: str | None = None
         self.dp_releases: list[float] = []  # per released sum under SecAggPlus(dp=...): the noise multiplier in it
         self.recorder = RoundRecorder(on_round, max_failed_rounds)
         self.rounds: AlgorithmRounds | None = None
@@ -282,11 +281,10 @@ class MessageStrategy(Strategy):
         shapes = self.algorithm.secure_shapes(server_round)
         self.pending = SecAggPlusRound(self.secagg, grid, server_round, shapes, on_traffic=self.recorder.protocol,
                                        upload=self.algorithm.secure_upload)
-        self.pending_error = None
         try:
             messages = self.pending.open(nodes, contents)
         except SecAggError as err:
-            self.pending_error = str(err)
+            self.pending.error = str(err)
             messages = []
         for node, content in zip(nodes, contents):
             went = any(m.metadata.dst_node_id == node for m in messages)
@@ -347,8 +345,8 @@ class MessageStrategy(Strategy):
         algorithm = self.algorithm
         pending, self.pending = self.pending, None
         if pending is not None:
-            if self.pending_error is not None:
-                reason = self.pending_error
+            if pending.error is not None:
+                reason = pending.error
                 round_replies = [Reply(str(n), None, 0, {}, error=pending.dropped.get(n, reason))
                                  for n in pending.sampled]
             else:

@@ -173,7 +173,6 @@ class SecAggOutcome:
     survivors: list[Message]
     dropped: dict[int, str]
     late: dict[int, str] = field(default_factory=dict)
-    total_weight: float = 0.0
     error: str | None = None
     contributors: int = 0  # the nodes that were asked for a masked vector (U2)
 
@@ -223,6 +222,7 @@ class SecAggPlusRound:
     late: dict[int, str] = field(default_factory=dict)  # survivors of stage 3 that failed stage 4
     threshold: int = 0
     seconds: float = 0.0
+    error: str | None = None  # why ``open`` could not start the round (set by the strategy that caught it)
 
     def message(self, node: int, content: RecordDict) -> Message:
         return Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node,
@@ -458,9 +458,7 @@ class SecAggPlusRound:
         scale = settings.quantization_range / float(weight_sum)
         mean = [(s + offset) * scale for s in summed]
         ordered = [survivors[n] for n in sorted(u3)]
-        total_weight = float(weight_sum) / settings.quantization_range * settings.weight_cap
-        return SecAggOutcome(mean, ordered, dict(self.dropped), dict(self.late), total_weight,
-                             contributors=len(self.shared_keys))
+        return SecAggOutcome(mean, ordered, dict(self.dropped), dict(self.late), contributors=len(self.shared_keys))
 
     def collect_shares(self, u3: set[int], dead: set[int]) -> dict[int, list[bytes]]:
         """Stage 4: each survivor names, per neighbour, the share it holds: of b for a survivor, of sk1 for a
