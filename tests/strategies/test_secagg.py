@@ -557,8 +557,9 @@ def test_dgc_under_secure_aggregation_sends_no_index_and_learns():
     history = strategy.history
     assert all(r["failures"] == 0 for r in history[1:])
     # Random coordinates learn more slowly than each client's own top-k, and the draw is the OS's, so the
-    # accuracy wanders: the mean of the last 3 rounds, from 0.31, reached 0.54-0.64 in 6 runs.
-    last = np.mean([r["test_accuracy"] for r in history[-3:]])
+    # accuracy wanders from round to round (one CI run: 0.61 at round 14, 0.33 at round 19). The mean of
+    # the last 10 rounds, from 0.31, was 0.53-0.63 in 19 runs; the mean of the last 3 fell to 0.46 once.
+    last = np.mean([r["test_accuracy"] for r in history[-10:]])
     assert last > history[0]["test_accuracy"] + 0.15, [r["test_accuracy"] for r in history]
     # The masked vector: the k shared values and the buffers, uint32: 4 bytes an entry, no index.
     k = len(strategy.algorithm.round_indices)
