@@ -103,10 +103,10 @@ def local_training(
     plan = dpsgd_plan(client, config or {}, state, train_fn)
     if plan is not None:
         assert state is not None and isinstance(client.data, TensorData)  # dpsgd_plan checked both
-        with private_round(state, plan, len(client.data)):
+        with private_round(state, plan, len(client.data)) as steps:
             train_epochs_private(
                 client.model, client.data, plan.local_epochs, settings.lr, settings.momentum, settings.weight_decay,
-                plan.batch_size, plan.config, client.device, generator, client.loss_fn,
+                plan.batch_size, plan.config, client.device, generator, client.loss_fn, steps,
             )
         return None
     if train_fn is not None:

@@ -19,7 +19,9 @@ indices, which the server chose) never leave.
 
 Under ``SecAggPlus(dp=DistributedDP(...))`` the server's stage-3 record carries the plan: the change is
 clipped to the L2 norm C, the node adds its share of the sum's Gaussian noise
-(``flwr_privacy.privacy.distributed``) and weighs 1, as every node does.
+(``flwr_privacy.privacy.distributed``) and weighs 1, as every node does. Under
+``SecAggPlus(dp=DistributedDPSGD(...))`` the app's DP-SGD added the node's share of the noise (the
+instruction's plan carries the share's multiplier); the change is masked as it is and weighs 1.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, bytes_to_ndarray, ndarray_to_bytes, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 from flwr.compat.common import recorddict_compat as compat
-from flwr_privacy.strategies.secagg import DP_KEYS, UPLOAD_KEY
+from flwr_privacy.strategies.secagg import DP_KEYS, UPLOAD_KEY, WEIGH_ONE_KEY
 
 from flwr_privacy.privacy.distributed import DistributedDP, clip_update, noise_share
 
@@ -53,6 +55,7 @@ def secaggplus_mod(msg: Message, context: Context, call_next: ClientAppCallable)
         raise ValueError(f"the server asks for a {upload!r} upload: not 'change' or 'payload'")
     sent = float_arrays(msg.content.array_records.get("arrays"), "the message") if upload == "change" else {}
     dp = distributed_dp(configs)
+    weigh_one = configs.pop(WEIGH_ONE_KEY, False) is True
     metrics: dict[str, Any] = {}
 
     def train_and_report_change(message: Message, ctxt: Context) -> Message:
@@ -71,7 +74,7 @@ def secaggplus_mod(msg: Message, context: Context, call_next: ClientAppCallable)
             if list(trained) != list(sent):
                 raise ValueError(f"the reply's arrays {list(trained)[:5]} are not the message's {list(sent)[:5]}")
             change = [trained[k].astype(np.float64) - sent[k] for k in sent]
-        weight = num_examples
+        weight = 1 if weigh_one else num_examples
         if dp is not None:  # clipped, its share of the noise added, and weighed as every other client
             plan, contributors = dp
             change, weight = noise_share(clip_update(change, plan.clipping_norm), plan, contributors), 1

@@ -11,7 +11,7 @@ from flwr_privacy.strategies.layers import Layer
 from flwr_privacy.strategies.legacy import LegacyStrategy
 from flwr_privacy.strategies.robust import arrays_norm, median_norm_scales
 
-from flwr_privacy.algorithms.fedavg import weighted_average
+from flwr_privacy.algorithms.fedavg import server_momentum_step, weighted_average
 from flwr_privacy.compression.dense import DenseCodec
 
 
@@ -25,10 +25,18 @@ class FedAvgRounds(AlgorithmRounds):
     weight's magnitude is not rounded away.
     """
 
-    def __init__(self, initial_arrays: Sequence[np.ndarray], dtype: str = "float32") -> None:
+    def __init__(
+        self, initial_arrays: Sequence[np.ndarray], dtype: str = "float32", server_momentum: float = 0.0
+    ) -> None:
         super().__init__(initial_arrays)
         self.codec = DenseCodec(tuple(self.shapes), dtype)
         self.model = [a.copy() for a in self.initial_arrays]
+        if isinstance(server_momentum, bool) or not isinstance(server_momentum, (int, float)) or not (
+            0 <= server_momentum < 1
+        ):
+            raise ValueError(f"server_momentum={server_momentum!r} must be a number in [0, 1)")
+        self.server_momentum = float(server_momentum)
+        self.velocity: list[np.ndarray] | None = None  # FedAvgM's v, after the first round with server momentum
 
     def settings(self) -> Config:
         return {"wire_dtype": self.codec.dtype, "uplink": "delta" if self.codec.dtype == "float16" else "model"}
@@ -55,7 +63,7 @@ class FedAvgRounds(AlgorithmRounds):
         the clients' changes w_k - w: a coordinate-wise median or trimmed mean, their norms bounded, or the
         mean of those Krum kept."""
         examples = self.vote_weights(accepted)
-        if self.aggregation == "mean":
+        if self.aggregation == "mean" and not self.server_momentum:
             average = weighted_average([a.payload for a in accepted], examples)
             self.model = [w + d for w, d in zip(self.model, average)] if self.sends_change() else average
             return accepted
@@ -64,7 +72,10 @@ class FedAvgRounds(AlgorithmRounds):
             scales = median_norm_scales([arrays_norm(change) for change in changes])
             changes = [[c * scale for c in change] for change, scale in zip(changes, scales)]
         average = self.average_dense(changes, examples)
-        self.model = [(w + d).astype(np.float32) for w, d in zip(self.model, average)]
+        if self.server_momentum:
+            self.model, self.velocity = server_momentum_step(self.model, self.velocity, average, self.server_momentum)
+        else:
+            self.model = [(w + d).astype(np.float32) for w, d in zip(self.model, average)]
         return accepted
 
     def global_arrays(self) -> list[np.ndarray]:
@@ -116,8 +127,12 @@ class FedAvg(LegacyStrategy):
         initial_arrays: the global model in wire order (``flwr_privacy.wire.model_to_arrays``); integer
             arrays (BatchNorm's ``num_batches_tracked``) are dropped, as they never travel.
         dtype: the uplink's value dtype, ``"float32"`` or ``"float16"``; sent to the clients each round.
+        server_momentum: beta of FedAvgM (Hsu et al. 2019): v <- beta v + Delta, w <- w + v (0: FedAvg).
         **options: ``LegacyStrategy``'s (``evaluate_fn``, ``fraction_fit``, ``min_fit_clients``, ``seed`` ...).
     """
 
-    def __init__(self, *, initial_arrays: Sequence[np.ndarray], dtype: str = "float32", **options: Any) -> None:
-        super().__init__(FedAvgRounds(initial_arrays, dtype), **options)
+    def __init__(
+        self, *, initial_arrays: Sequence[np.ndarray], dtype: str = "float32", server_momentum: float = 0.0,
+        **options: Any,
+    ) -> None:
+        super().__init__(FedAvgRounds(initial_arrays, dtype, server_momentum), **options)

@@ -59,10 +59,19 @@ from flwr_privacy.strategies.secagg import SecAggError, SecAggOutcome, SecAggPlu
 from flwr_privacy.algorithms.dgc import DGCConfig
 from flwr_privacy.algorithms.dssgd import DSSGDConfig
 from flwr_privacy.compression.base import PayloadError
-from flwr_privacy.privacy.distributed import DistributedDP, sum_noise_multiplier
+from flwr_privacy.privacy.distributed import (
+    DistributedDP,
+    DistributedDPSGD,
+    remaining_multiplier,
+    share_multiplier,
+    sum_noise_multiplier,
+)
 from flwr_privacy.privacy.dpsgd import DPSGDPlan
 
-__all__ = ["DGC", "DGCConfig", "DSSGD", "DSSGDConfig", "DistributedDP", "FedAvg", "MessageStrategy", "SecAggPlus"]
+__all__ = [
+    "DGC", "DGCConfig", "DSSGD", "DSSGDConfig", "DistributedDP", "DistributedDPSGD", "FedAvg", "MessageStrategy",
+    "SecAggPlus",
+]
 
 # State entries that are buffers, not parameters, when a strategy is not told which are trainable:
 # what torch's normalization layers register.
@@ -134,6 +143,12 @@ class MessageStrategy(Strategy):
         if secagg is not None and not isinstance(secagg, SecAggPlus):
             raise TypeError(f"secagg must be a flwr_privacy.strategies.message.SecAggPlus, got {type(secagg).__name__}")
         self.secagg = secagg
+        if secagg is not None and isinstance(secagg.dp, DistributedDPSGD):
+            if dpsgd is None or dpsgd.local_steps != 1:
+                raise ValueError(
+                    "SecAggPlus(dp=DistributedDPSGD(...)) needs dpsgd=DPSGDPlan(..., local_steps=1): its noise is "
+                    "the secure sum's, and a sum of several local steps is not one DP-SGD step"
+                )
         self.pending: SecAggPlusRound | None = None  # this round's SecAgg+, between configure and aggregate
         self.dp_releases: list[float] = []  # per released sum under SecAggPlus(dp=...): the noise multiplier in it
         self.recorder = RoundRecorder(on_round, max_failed_rounds)
@@ -167,6 +182,11 @@ class MessageStrategy(Strategy):
         self.rounds.ledger.plan = self.dpsgd
         if self.secagg is not None:
             self.rounds.enter(MESSAGE_SECAGG)  # an algorithm that cannot be summed says why, before anything is sent
+            if isinstance(self.secagg.dp, DistributedDPSGD) and not isinstance(self.rounds, FedAvgRounds):
+                raise ValueError(
+                    f"{type(self).__name__} cannot run DistributedDPSGD: its clients' uploads are not their "
+                    "noisy DP-SGD steps themselves; use FedAvg"
+                )
 
     @property
     def algorithm(self) -> AlgorithmRounds:
@@ -286,6 +306,14 @@ class MessageStrategy(Strategy):
         except SecAggError as err:
             self.pending.error = str(err)
             messages = []
+        if messages and self.dpsgd is not None and self.secagg is not None and isinstance(
+            self.secagg.dp, DistributedDPSGD
+        ):  # each contributor's DP-SGD adds its share of the sum's noise
+            share = share_multiplier(
+                self.dpsgd.config.noise_multiplier, len(self.pending.shared_keys), self.secagg.dp.tolerated
+            )
+            for message in messages:
+                message.content.config_records[self.configrecord_key]["dpsgd.noise-multiplier"] = share
         for node, content in zip(nodes, contents):
             went = any(m.metadata.dst_node_id == node for m in messages)
             # The arrays, and what an instruction carries as a list (DGC's shared coordinates, 8 bytes each).
@@ -333,11 +361,20 @@ class MessageStrategy(Strategy):
         spent = distributed_spent(tuple(self.dp_releases), plan.delta)
         self.recorder.add(distributed_dp_noise_multiplier=z, distributed_dp_epsilon=spent.epsilon,
                           distributed_dp_delta=plan.delta)
-        if z > 0:
-            return replies
-        why = (f"the sum of {len(outcome.survivors)} survivors carries no noise beyond what tolerated="
-               f"{plan.tolerated} colluders know: not applied")
-        return [r if r.error is not None else Reply(r.client, None, 0, {}, error=why) for r in replies]
+        return replies if z > 0 else noiseless_sum_withheld(replies, len(outcome.survivors), plan.tolerated)
+
+    def charge_distributed_dpsgd(self, outcome: SecAggOutcome, replies: list[Reply]) -> list[Reply]:
+        """The round's secure sum of DP-SGD steps released: the ledger charges each survivor one step at the
+        noise multiplier the sum really carries (the plan's, less if contributors dropped out after taking
+        their share). A sum left with no noise is not applied."""
+        assert self.secagg is not None and isinstance(self.secagg.dp, DistributedDPSGD) and self.dpsgd is not None
+        tolerated = self.secagg.dp.tolerated
+        z = remaining_multiplier(
+            self.dpsgd.config.noise_multiplier, tolerated, outcome.contributors, len(outcome.survivors)
+        )
+        self.algorithm.ledger.round_noise_multiplier = z
+        self.recorder.add(distributed_dpsgd_noise_multiplier=z)
+        return replies if z > 0 else noiseless_sum_withheld(replies, len(outcome.survivors), tolerated)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -353,7 +390,10 @@ class MessageStrategy(Strategy):
                 outcome = pending.close(list(replies), self.check_secagg_reply)
                 round_replies = self.secagg_replies(outcome, pending)
                 if self.secagg is not None and self.secagg.dp is not None and outcome.mean_update is not None:
-                    round_replies = self.charge_distributed_dp(outcome, round_replies)
+                    if isinstance(self.secagg.dp, DistributedDPSGD):
+                        round_replies = self.charge_distributed_dpsgd(outcome, round_replies)
+                    else:
+                        round_replies = self.charge_distributed_dp(outcome, round_replies)
             self.recorder.add(secagg_seconds=pending.seconds)
         else:
             round_replies = [self.to_reply(m) for m in replies]
@@ -411,6 +451,13 @@ class MessageStrategy(Strategy):
         return result
 
 
+def noiseless_sum_withheld(replies: list[Reply], survivors: int, tolerated: int) -> list[Reply]:
+    """A secure sum whose noise t colluders could remove: every survivor's reply made a failure, not applied."""
+    why = (f"the sum of {survivors} survivors carries no noise beyond what tolerated={tolerated} colluders know: "
+           "not applied")
+    return [r if r.error is not None else Reply(r.client, None, 0, {}, error=why) for r in replies]
+
+
 def trainable_keys(keys: Sequence[str], trainable: Iterable[str] | None) -> list[bool]:
     """Per float key, whether it is a parameter: the names given, or every key but normalization statistics."""
     if trainable is None:
@@ -427,11 +474,14 @@ class FedAvg(MessageStrategy):
 
     Clients may reply as Flower's quickstart does (``ArrayRecord(model.state_dict())`` and
     ``"num-examples"``), or through ``flwr_privacy.clients.message.fedavg_train``. ``dtype`` is the
-    uplink's value dtype (``"float16"`` halves it). Every other argument is ``MessageStrategy``'s.
+    uplink's value dtype (``"float16"`` halves it). ``server_momentum`` (beta, FedAvgM): the averaged change
+    moves a velocity v <- beta v + Delta, and the model moves by v. Every other argument is
+    ``MessageStrategy``'s.
     """
 
-    def __init__(self, *, dtype: str = "float32", **options: Any) -> None:
+    def __init__(self, *, dtype: str = "float32", server_momentum: float = 0.0, **options: Any) -> None:
         super().__init__(**options)
+        self.server_momentum = server_momentum
         if self.secagg is not None and dtype != "float32":
             raise ValueError(
                 f"dtype={dtype!r} cannot go with secagg: under SecAgg+ clients upload a quantized, masked change, "
@@ -440,7 +490,7 @@ class FedAvg(MessageStrategy):
         self.dtype = dtype
 
     def build_rounds(self, arrays: list[np.ndarray], keys: list[str]) -> AlgorithmRounds:
-        return FedAvgRounds(arrays, self.dtype)
+        return FedAvgRounds(arrays, self.dtype, self.server_momentum)
 
 
 class DGC(MessageStrategy):

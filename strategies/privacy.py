@@ -34,6 +34,21 @@ def dpsgd_spent(plan: DPSGDPlan, steps: int) -> PrivacySpent:
 
 
 @lru_cache(maxsize=256)
+def dpsgd_spent_at(plan: DPSGDPlan, steps_at: tuple[tuple[float, int], ...]) -> PrivacySpent:
+    """(epsilon, delta) of DP-SGD steps of the plan's sampling, ``steps_at`` (noise multiplier, steps) pairs:
+    the rounds whose secure sum carried other noise than the plan's (``DistributedDPSGD``'s drop-outs)."""
+    n = plan.min_examples
+    accountant = RdpAccountant(
+        PrivacyConfig(plan.config.delta, n, NeighboringRelation.ADD_OR_REMOVE_ONE, SamplingMethod.POISSON)
+    )
+    for z, steps in steps_at:
+        if z <= 0:
+            return PrivacySpent(float("inf"), plan.config.delta, sum(s for _, s in steps_at), "rdp", None)
+        accountant.compose(GaussianPrivacyEvent(z, sample_size(plan.batch_size, n), n), steps)
+    return accountant.get_privacy_spent()
+
+
+@lru_cache(maxsize=256)
 def client_level_spent(noise_multiplier: float, releases: int, num_clients: int, delta: float) -> PrivacySpent:
     """(epsilon, delta) of one client's whole data after ``releases`` rounds of client-level DP (McMahan et
     al. 2018; Flower's fixed-clipping wrappers: updates clipped to C, Gaussian noise of std z C on their sum).
@@ -72,6 +87,11 @@ class PrivacyLedger:
     pure_mechanism: str | None = None
     steps: dict[str, int] = field(default_factory=dict)
     pure_epsilon: dict[str, float] = field(default_factory=dict)
+    # Per node, DP-SGD steps whose release carried another noise multiplier than the plan's (a secure sum
+    # of noise shares some contributors dropped out of): {multiplier: steps}. ``round_noise_multiplier``,
+    # when a round sets it, is the multiplier its release is charged at.
+    steps_at: dict[str, dict[float, int]] = field(default_factory=dict)
+    round_noise_multiplier: float | None = None
     carried_steps: int = 0  # spend before a resume, charged to every node (``carry_over``)
     carried_pure_epsilon: float = 0.0
 
@@ -86,15 +106,24 @@ class PrivacyLedger:
 
     def charge(self, clients: Sequence[str], pure_epsilon: float = 0.0) -> None:
         """One round's release by each of ``clients``: the plan's steps, and ``pure_epsilon`` more."""
+        z, self.round_noise_multiplier = self.round_noise_multiplier, None
         for client in clients:
             if self.plan is not None:
-                self.steps[client] = self.steps.get(client, 0) + self.plan.steps(self.plan.min_examples)
+                steps = self.plan.steps(self.plan.min_examples)
+                if z is None or z == self.plan.config.noise_multiplier:
+                    self.steps[client] = self.steps.get(client, 0) + steps
+                else:
+                    other = self.steps_at.setdefault(client, {})
+                    other[z] = other.get(z, 0) + steps
             if pure_epsilon:
                 self.pure_epsilon[client] = self.pure_epsilon.get(client, 0.0) + pure_epsilon
 
     def carry_over(self) -> None:
         """A resumed run's nodes have new ids: each is charged from now on as if it were the node that had
         spent the most before (the largest steps and the largest pure epsilon): an upper bound."""
+        if any(self.steps_at.values()):
+            raise ValueError("a run whose secure sums lost noise to drop-outs cannot be resumed: its spend per node "
+                             "is not one step count")
         self.carried_steps += max(self.steps.values(), default=0)
         self.carried_pure_epsilon += max(self.pure_epsilon.values(), default=0.0)
         self.steps, self.pure_epsilon = {}, {}
@@ -103,13 +132,18 @@ class PrivacyLedger:
         """What ``client`` has spent: (epsilon, delta) by RDP for its DP-SGD steps, plus its pure epsilon."""
         epsilon, releases, order = self.pure_epsilon.get(client, 0.0) + self.carried_pure_epsilon, 0, None
         steps = self.steps.get(client, 0) + self.carried_steps
-        if self.plan is not None and steps:
+        other = self.steps_at.get(client, {})
+        if self.plan is not None and other:
+            at = tuple(sorted({**other, self.plan.config.noise_multiplier: steps}.items()))
+            gaussian = dpsgd_spent_at(self.plan, tuple((z, k) for z, k in at if k))
+            epsilon, releases, order = epsilon + gaussian.epsilon, steps + sum(other.values()), gaussian.optimal_order
+        elif self.plan is not None and steps:
             gaussian = dpsgd_spent(self.plan, steps)
             epsilon, releases, order = epsilon + gaussian.epsilon, steps, gaussian.optimal_order
         return PrivacySpent(epsilon, self.delta, releases, "rdp" if self.plan else "pure", order)
 
     def report(self) -> dict[str, Any]:
         """The round record's privacy columns: the largest epsilon any node has spent, at ``delta``."""
-        nodes = set(self.steps) | set(self.pure_epsilon)
+        nodes = set(self.steps) | set(self.steps_at) | set(self.pure_epsilon)
         worst = max((self.spent(node).epsilon for node in nodes), default=self.spent("").epsilon)
         return {"epsilon_total_max": worst, "privacy_delta": self.delta, "privacy_mechanism": self.mechanism}

@@ -51,12 +51,13 @@ from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 from flwr.serverapp import Grid
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
-from flwr_privacy.privacy.distributed import DistributedDP
+from flwr_privacy.privacy.distributed import DistributedDP, DistributedDPSGD
 
-__all__ = ["DistributedDP", "SecAggPlus", "SecAggPlusRound", "SecAggOutcome", "SecAggError"]
+__all__ = ["DistributedDP", "DistributedDPSGD", "SecAggPlus", "SecAggPlusRound", "SecAggOutcome", "SecAggError"]
 
 # Keys of stage 3's record that carry the distributed-DP plan to the clients (Flower's mod reads none of them).
 DP_KEYS = ("dp-noise-multiplier", "dp-clipping-norm", "dp-tolerated", "dp-contributors")
+WEIGH_ONE_KEY = "weigh-one"  # stage 3, under DistributedDPSGD: every node weighs 1, its DP-SGD added the noise
 UPLOAD_KEY = "upload"  # stage 3: "change" (of the model the message brought) or "payload" (the reply's arrays)
 
 
@@ -85,6 +86,8 @@ class SecAggPlus:
         dp: distributed DP (``DistributedDP``): each client clips its change to ``clipping_norm`` and adds
             its share of Gaussian noise, so that the sum the server unmasks is already private; every
             client then weighs the same (weight 1: the noise is calibrated to a sum, not to a weighted mean).
+            Or sample-level DP-SGD whose noise the clients add in shares (``DistributedDPSGD``, with the
+            strategy's ``dpsgd`` plan): every client weighs 1 too.
     """
 
     num_shares: int | float = 1.0
@@ -94,7 +97,7 @@ class SecAggPlus:
     quantization_range: int = 2**22
     modulus_range: int = 2**32
     timeout: float | None = None
-    dp: DistributedDP | None = None
+    dp: DistributedDP | DistributedDPSGD | None = None
 
     @property
     def weight_cap(self) -> float:
@@ -131,8 +134,8 @@ class SecAggPlus:
             raise ValueError(f"modulus_range={modulus} must be at most 2**32 (Flower's masks are drawn below it)")
         if self.timeout is not None and not (number(self.timeout) and self.timeout > 0):
             raise ValueError(f"timeout={self.timeout!r} must be a positive number of seconds or None")
-        if self.dp is not None and not isinstance(self.dp, DistributedDP):
-            raise TypeError(f"dp must be a DistributedDP, got {type(self.dp).__name__}")
+        if self.dp is not None and not isinstance(self.dp, (DistributedDP, DistributedDPSGD)):
+            raise TypeError(f"dp must be a DistributedDP or a DistributedDPSGD, got {type(self.dp).__name__}")
 
     def shares_and_threshold(self, num_nodes: int) -> tuple[int, int]:
         """The round's number of shares and threshold for ``num_nodes`` sampled nodes (Flower's rules)."""
@@ -277,7 +280,8 @@ class SecAggPlusRound:
         dp = self.settings.dp
         if dp is not None and len(self.shared_keys) <= dp.tolerated:
             raise SecAggError(
-                f"{len(self.shared_keys)} nodes shared keys, not more than DistributedDP's tolerated={dp.tolerated}: "
+                f"{len(self.shared_keys)} nodes shared keys, not more than {type(dp).__name__}'s "
+                f"tolerated={dp.tolerated}: "
                 "their noise cannot be calibrated"
             )
         messages = []
@@ -299,6 +303,8 @@ class SecAggPlusRound:
         dp = self.settings.dp
         if dp is None:
             return {}
+        if isinstance(dp, DistributedDPSGD):  # the noise is in the DP-SGD plan the instruction carries
+            return {WEIGH_ONE_KEY: True}
         values = (float(dp.noise_multiplier), float(dp.clipping_norm), dp.tolerated, len(self.shared_keys))
         return dict(zip(DP_KEYS, values))
 

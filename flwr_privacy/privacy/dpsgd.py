@@ -265,14 +265,16 @@ def train_epochs_private(
     device: torch.device,
     generator: torch.Generator,
     loss_fn: Any = None,
+    steps: int | None = None,
 ) -> int:
-    """``epochs`` passes of DP-SGD (ceil(n / B) Poisson lots each) on the model; returns the steps taken."""
+    """``epochs`` passes of DP-SGD (ceil(n / B) Poisson lots each), or ``steps`` lots, on the model; returns
+    the steps taken. The optimizer is new each call: its first step is plain SGD (no momentum yet)."""
     model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     private = PrivateSteps(model, data, config, batch_size, device, generator)
     try:
         lots = private.lots()
-        for _ in range(round_steps(batch_size, len(data), epochs)):
+        for _ in range(round_steps(batch_size, len(data), epochs, steps)):
             private.noisy_gradient(*next(lots), loss_fn)
             optimizer.step()  # the original optimizer: the gradient is already private
     finally:
