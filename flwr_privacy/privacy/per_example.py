@@ -8,7 +8,8 @@ the parameters of the networks DP-SGD trains here (``nn.Linear``, ``nn.Conv2d``)
   loss is a mean over the lot, times its size), which skips the weight gradients plain training pays for;
 - per-example gradient norms: for a linear layer on one vector per example, ||g_i a_i^T||^2 =
   ||g_i||^2 ||a_i||^2 (Goodfellow 2015, "Efficient per-example gradient computations"); for a
-  convolution, each example's gradient from its unfolded input (a (out x in k^2) matrix per example);
+  convolution, each example's gradient (a (out x in k^2) matrix per example) as the weight gradient of
+  one grouped convolution, a group per example (Rochette et al. 2019);
 - the clipped sum is then one weighted product per layer, sum_i c_i g_i a_i^T = (c * G)^T A, with
   c_i = min(1, C / ||g_i||) over all layers together: the "book-keeping" of Bu et al. 2023
   ("Differentially private optimization on large model at small cost").
@@ -25,6 +26,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.grad import conv2d_weight
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -132,15 +134,26 @@ def _per_example(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> _LayerP
         return _LayerPiece(squared, linear_sums)
     # a convolution, or a linear layer on a sequence per example: each example's gradient, materialised
     batch = len(a)
+    per_weight: torch.Tensor | None = None
     if isinstance(module, nn.Conv2d):
         padding = module.padding
         assert not isinstance(padding, str)  # _supported refused "same" and "valid"
-        columns = F.unfold(a, module.kernel_size, module.dilation, padding, module.stride)  # (B, in k^2, T)
         grads_out = g.reshape(batch, g.shape[1], -1)  # (B, out, T)
+        if weight is not None:
+            # Each example's weight gradient as the weight gradient of one convolution with B groups (example
+            # b's input channels to its output channels; Rochette et al. 2019): the convolution's own backward
+            # kernel, 3x faster here than unfolding the input and a batched product.
+            out_channels, in_channels = weight.shape[:2]
+            per_weight = conv2d_weight(
+                a.reshape(1, batch * in_channels, *a.shape[2:]),
+                (batch * out_channels, in_channels, *weight.shape[2:]),
+                g.reshape(1, batch * out_channels, *g.shape[2:]),
+                module.stride, padding, module.dilation, groups=batch,
+            ).reshape(batch, out_channels, -1)  # (B, out, in k^2)
     else:
         columns = a.reshape(batch, -1, a.shape[-1]).transpose(1, 2)  # (B, in, T)
         grads_out = g.reshape(batch, -1, g.shape[-1]).transpose(1, 2)  # (B, out, T)
-    per_weight = torch.bmm(grads_out, columns.transpose(1, 2)) if weight is not None else None
+        per_weight = torch.bmm(grads_out, columns.transpose(1, 2)) if weight is not None else None
     per_bias = grads_out.sum(2) if bias is not None else None
     squared = [t.reshape(batch, -1).pow(2).sum(1) for t in (per_weight, per_bias) if t is not None]
 
