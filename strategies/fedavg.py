@@ -15,6 +15,13 @@ from flwr_privacy.algorithms.fedavg import server_momentum_step, weighted_averag
 from flwr_privacy.compression.dense import DenseCodec
 
 
+def check_server_momentum(beta: object) -> float:
+    """FedAvgM's beta as a float, or a one-line refusal naming the value."""
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
+        raise ValueError(f"server_momentum={beta!r} must be a number in [0, 1)")
+    return float(beta)
+
+
 class FedAvgRounds(AlgorithmRounds):
     """Every sampled client gets the global model; w <- sum_k (n_k / n) w_k over the accepted replies.
 
@@ -31,11 +38,7 @@ class FedAvgRounds(AlgorithmRounds):
         super().__init__(initial_arrays)
         self.codec = DenseCodec(tuple(self.shapes), dtype)
         self.model = [a.copy() for a in self.initial_arrays]
-        if isinstance(server_momentum, bool) or not isinstance(server_momentum, (int, float)) or not (
-            0 <= server_momentum < 1
-        ):
-            raise ValueError(f"server_momentum={server_momentum!r} must be a number in [0, 1)")
-        self.server_momentum = float(server_momentum)
+        self.server_momentum = check_server_momentum(server_momentum)
         self.velocity: list[np.ndarray] | None = None  # FedAvgM's v, after the first round with server momentum
 
     def settings(self) -> Config:

@@ -50,7 +50,7 @@ from flwr_privacy.strategies.base import (
 )
 from flwr_privacy.strategies.dgc import DGCRounds, check_server_arguments
 from flwr_privacy.strategies.dssgd import DSSGDRounds
-from flwr_privacy.strategies.fedavg import FedAvgRounds
+from flwr_privacy.strategies.fedavg import FedAvgRounds, check_server_momentum
 from flwr_privacy.strategies.layers import MESSAGE_SECAGG, layer_of_caller
 from flwr_privacy.strategies.privacy import distributed_spent
 from flwr_privacy.strategies.robust import NUM_MALICIOUS_CLIENTS, TRIM_FRACTION
@@ -481,7 +481,7 @@ class FedAvg(MessageStrategy):
 
     def __init__(self, *, dtype: str = "float32", server_momentum: float = 0.0, **options: Any) -> None:
         super().__init__(**options)
-        self.server_momentum = server_momentum
+        self.server_momentum = check_server_momentum(server_momentum)
         if self.secagg is not None and dtype != "float32":
             raise ValueError(
                 f"dtype={dtype!r} cannot go with secagg: under SecAgg+ clients upload a quantized, masked change, "

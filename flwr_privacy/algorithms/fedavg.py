@@ -32,7 +32,7 @@ def server_momentum_step(
     on the averaged gradient, as ``torch.optim.SGD(momentum=beta)`` runs it centrally."""
     if not 0 <= beta < 1:
         raise ValueError(f"server momentum {beta!r} must be in [0, 1)")
-    v = [np.asarray(d, dtype=np.float64) + (beta * u if velocity is not None else 0.0) for d, u in zip(
-        change, velocity if velocity is not None else change
-    )]
+    v = [np.asarray(d, dtype=np.float64) for d in change]
+    if velocity is not None:
+        v = [beta * u + d for u, d in zip(velocity, v)]
     return [(w.astype(np.float64) + u).astype(np.float32) for w, u in zip(model, v)], v

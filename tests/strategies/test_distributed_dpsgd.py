@@ -212,4 +212,4 @@ def test_server_momentum_on_one_sgd_step_per_client_is_heavy_ball_sgd_on_the_mea
 @pytest.mark.parametrize("beta", [-0.1, 1.0, "0.9", True])
 def test_a_bad_server_momentum_is_refused(beta):
     with pytest.raises(ValueError, match="server_momentum="):
-        FedAvg(server_momentum=beta).initialize(ArrayRecord(array_dict={"w": Array(np.zeros(2, dtype=np.float32))}))
+        FedAvg(server_momentum=beta)
