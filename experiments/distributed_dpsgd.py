@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +38,10 @@ from flwr_privacy.strategies.base import FederationError
 from flwr_privacy.strategies.message import DistributedDPSGD, FedAvg, SecAggPlus
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from experiments.federation import (
-    client_partitions,
-    dpsgd_config,
+    dpsgd_plan,
     make_client,
     model_for,
     server_test_set,
@@ -52,7 +49,7 @@ from experiments.federation import (
 )
 from experiments.inprocess import InProcessGrid
 from flwr_privacy.config import RunConfig
-from flwr_privacy.privacy.dpsgd import DPSGDPlan, noise_for_target
+from flwr_privacy.privacy.dpsgd import DPSGDPlan
 from flwr_privacy.training import evaluate, pick_device
 
 CONF = Path(__file__).resolve().parent / "conf"
@@ -60,37 +57,20 @@ CONF = Path(__file__).resolve().parent / "conf"
 
 def run_config_of(overrides: list[str]) -> dict[str, Any]:
     """The Hydra config composed with the overrides, as Flower's flat run config (paths from the cwd)."""
-    from experiments.run import RUNNER_ONLY
+    from experiments.run import to_run_config
 
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base=None):
-            tree = OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
+            return to_run_config(compose(config_name="config", overrides=overrides), Path.cwd())
     except (HydraException, OmegaConfBaseException) as err:  # a bad override: its first line says which
         raise ValueError(str(err).splitlines()[0]) from None
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():  # type: ignore[union-attr]
-        if key in RUNNER_ONLY or value is None:
-            continue
-        if isinstance(value, dict):
-            flat.update({f"{key}.{sub.replace('_', '-')}": v for sub, v in value.items()})
-        else:
-            flat[str(key).replace("_", "-")] = value
-    if flat.get("data-dir"):
-        flat["data-dir"] = str(Path(flat["data-dir"]).expanduser().resolve())
-    return flat
 
 
 def one_lot_plan(cfg: RunConfig, run_config: dict[str, Any]) -> DPSGDPlan:
     """The run's DP-SGD as one lot a round, its noise (the sum's) derived for ``num_rounds`` steps."""
-    config = dpsgd_config(run_config)
-    if not config.enabled:
+    plan = dpsgd_plan(cfg, run_config, local_steps=1)
+    if plan is None:
         raise ValueError("dpsgd.enabled is false: distributed DP-SGD needs a DP-SGD plan (dpsgd.enabled=true)")
-    parts = client_partitions(
-        cfg.dataset, cfg.data_dir, cfg.partition, cfg.num_clients, cfg.seed, cfg.alpha, cfg.shards_per_client
-    )
-    plan = DPSGDPlan(config, cfg.batch_size, min(len(p) for p in parts), 1, 1)
-    if config.target_epsilon:
-        plan = replace(plan, config=replace(config, noise_multiplier=noise_for_target(plan, cfg.num_rounds)))
     return plan
 
 

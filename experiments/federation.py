@@ -44,18 +44,22 @@ def dpsgd_config(run_config: dict[str, Any]) -> DPSGDConfig:
     return DPSGDConfig(**section(run_config, "dpsgd", DPSGDConfig))
 
 
-def dpsgd_plan(cfg: RunConfig, run_config: dict[str, Any]) -> DPSGDPlan | None:
-    """The DP-SGD every client runs (None: none): the run's lot size and local epochs or steps, charged by
-    the server as for the client with the fewest examples; ``target-epsilon`` turned into the noise at
-    which a client in every round spends it."""
+def dpsgd_plan(cfg: RunConfig, run_config: dict[str, Any], local_steps: int | None = None) -> DPSGDPlan | None:
+    """The DP-SGD every client runs (None: none): the run's lot size and local epochs or steps (``local_steps``
+    lots a round if given), charged by the server as for the client with the fewest examples;
+    ``target-epsilon`` turned into the noise at which a client in every round spends it."""
     config = dpsgd_config(run_config)
     if not config.enabled:
         return None
     parts = client_partitions(
         cfg.dataset, cfg.data_dir, cfg.partition, cfg.num_clients, cfg.seed, cfg.alpha, cfg.shards_per_client
     )
-    steps = cfg.local_steps if registry.get(cfg.strategy).dpsgd_steps == "steps" else None
-    plan = DPSGDPlan(config, cfg.batch_size, min(len(p) for p in parts), cfg.local_epochs, steps)
+    if local_steps is not None:
+        steps, epochs = local_steps, 1
+    else:
+        steps = cfg.local_steps if registry.get(cfg.strategy).dpsgd_steps == "steps" else None
+        epochs = cfg.local_epochs
+    plan = DPSGDPlan(config, cfg.batch_size, min(len(p) for p in parts), epochs, steps)
     if config.target_epsilon:
         plan = replace(plan, config=replace(config, noise_multiplier=noise_for_target(plan, cfg.num_rounds)))
     return plan

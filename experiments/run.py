@@ -35,8 +35,9 @@ RUNNER_ONLY = ("simulation", "experiment", "baseline")
 BACKENDS = ("flwr", "inprocess")
 
 
-def to_run_config(cfg: DictConfig) -> dict[str, Any]:
-    """Hydra's snake_case tree -> Flower's flat kebab-case run config (sections become dotted keys)."""
+def to_run_config(cfg: DictConfig, base: Path | None = None) -> dict[str, Any]:
+    """Hydra's snake_case tree -> Flower's flat kebab-case run config (sections become dotted keys); relative
+    paths are taken from ``base`` (by default the directory the Hydra app was started in)."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     flat: dict[str, Any] = {}
     for key, value in tree.items():
@@ -50,7 +51,7 @@ def to_run_config(cfg: DictConfig) -> dict[str, Any]:
     for key in ("data-dir", "resume"):  # paths as the user typed them, from where they ran the command
         if flat.get(key):
             path = Path(flat[key]).expanduser()
-            flat[key] = str(path if path.is_absolute() else Path(get_original_cwd()) / path)
+            flat[key] = str(path if path.is_absolute() else (base or Path(get_original_cwd())) / path)
     return flat
 
 

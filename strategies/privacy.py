@@ -22,21 +22,16 @@ from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 from flwr_privacy.privacy.dpsgd import MECHANISM, DPSGDPlan, sample_size
 
 
-@lru_cache(maxsize=256)
 def dpsgd_spent(plan: DPSGDPlan, steps: int) -> PrivacySpent:
     """(epsilon, delta) of ``steps`` DP-SGD steps of the plan, for a client with ``plan.min_examples``."""
-    n = plan.min_examples
-    accountant = RdpAccountant(
-        PrivacyConfig(plan.config.delta, n, NeighboringRelation.ADD_OR_REMOVE_ONE, SamplingMethod.POISSON)
-    )
-    accountant.compose(GaussianPrivacyEvent(plan.config.noise_multiplier, sample_size(plan.batch_size, n), n), steps)
-    return accountant.get_privacy_spent()
+    return dpsgd_spent_at(plan, ((plan.config.noise_multiplier, steps),))
 
 
 @lru_cache(maxsize=256)
 def dpsgd_spent_at(plan: DPSGDPlan, steps_at: tuple[tuple[float, int], ...]) -> PrivacySpent:
-    """(epsilon, delta) of DP-SGD steps of the plan's sampling, ``steps_at`` (noise multiplier, steps) pairs:
-    the rounds whose secure sum carried other noise than the plan's (``DistributedDPSGD``'s drop-outs)."""
+    """(epsilon, delta) of DP-SGD steps of the plan's sampling, for a client with ``plan.min_examples``, given
+    as (noise multiplier, steps) pairs: the plan's own, and rounds whose secure sum carried other noise
+    (``DistributedDPSGD``'s drop-outs)."""
     n = plan.min_examples
     accountant = RdpAccountant(
         PrivacyConfig(plan.config.delta, n, NeighboringRelation.ADD_OR_REMOVE_ONE, SamplingMethod.POISSON)
@@ -132,14 +127,13 @@ class PrivacyLedger:
         """What ``client`` has spent: (epsilon, delta) by RDP for its DP-SGD steps, plus its pure epsilon."""
         epsilon, releases, order = self.pure_epsilon.get(client, 0.0) + self.carried_pure_epsilon, 0, None
         steps = self.steps.get(client, 0) + self.carried_steps
-        other = self.steps_at.get(client, {})
-        if self.plan is not None and other:
-            at = tuple(sorted({**other, self.plan.config.noise_multiplier: steps}.items()))
-            gaussian = dpsgd_spent_at(self.plan, tuple((z, k) for z, k in at if k))
-            epsilon, releases, order = epsilon + gaussian.epsilon, steps + sum(other.values()), gaussian.optimal_order
-        elif self.plan is not None and steps:
-            gaussian = dpsgd_spent(self.plan, steps)
-            epsilon, releases, order = epsilon + gaussian.epsilon, steps, gaussian.optimal_order
+        if self.plan is not None:
+            at = {**self.steps_at.get(client, {}), self.plan.config.noise_multiplier: steps}
+            events = tuple(sorted((z, k) for z, k in at.items() if k))
+            if events:
+                gaussian = dpsgd_spent_at(self.plan, events)
+                epsilon, releases = epsilon + gaussian.epsilon, sum(k for _, k in events)
+                order = gaussian.optimal_order
         return PrivacySpent(epsilon, self.delta, releases, "rdp" if self.plan else "pure", order)
 
     def report(self) -> dict[str, Any]:

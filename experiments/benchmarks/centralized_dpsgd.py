@@ -28,6 +28,7 @@ from flwr_privacy.data import TensorData, load_dataset
 from flwr_privacy.features import scatternet_features
 from flwr_privacy.models import build_model
 from flwr_privacy.privacy.dpsgd import DPSGDConfig, PrivateSteps
+from flwr_privacy.training import evaluate
 
 
 def standardised(train: TensorData, test: TensorData) -> tuple[TensorData, TensorData]:
@@ -38,12 +39,11 @@ def standardised(train: TensorData, test: TensorData) -> tuple[TensorData, Tenso
 
 
 def accuracy(model: torch.nn.Module, test: TensorData) -> float:
-    model.eval()
+    """The test accuracy (``flwr_privacy.training.evaluate``), the model left in training mode."""
     with torch.no_grad():
-        correct = sum(int((model(test.x[i : i + 2000]).argmax(1) == test.y[i : i + 2000]).sum())
-                      for i in range(0, len(test), 2000))
+        _, correct = evaluate(model, test, torch.device("cpu"), batch_size=2000)
     model.train()
-    return correct / len(test)
+    return correct
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.common.secure_aggregation.secaggplus_constants import Stage
 from flwr_privacy.clients.message import fedavg_train
 from flwr_privacy.clients.secagg import secaggplus_mod
 from flwr_privacy.strategies.message import DGC, DistributedDPSGD, FedAvg, SecAggPlus
@@ -24,6 +24,7 @@ from experiments.inprocess import InProcessGrid
 from flwr_privacy.data import TensorData
 from flwr_privacy.privacy.dpsgd import DPSGDConfig, DPSGDPlan
 from flwr_privacy.training import SGDSettings
+from tests.strategies.test_secagg import drop_at
 
 NUM_NODES = 6
 EXAMPLES = 64
@@ -63,16 +64,6 @@ def app(lr: float, *front_mods, seen: dict[int, float] | None = None) -> ClientA
         return fedavg_train(msg, context, model, node_data(pid), settings=SGDSettings(lr=lr, momentum=0.9))
 
     return client_app
-
-
-def drop_at(stage: str, pid: int):
-    def mod(msg: Message, context: Context, call_next) -> Message:
-        configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
-        if configs is not None and configs.get(Key.STAGE) == stage and context.node_config["partition-id"] == pid:
-            raise ConnectionError(f"node {pid} went away at {stage}")
-        return call_next(msg, context)
-
-    return mod
 
 
 def run(client_app: ClientApp, dpsgd: DPSGDPlan, rounds: int = 1, tolerated: int = 0, evaluate_fn=None, **options):
