@@ -8,10 +8,10 @@ per-example clipping) for linear and convolutional layers, by Opacus's ``GradSam
 other; the noise is ``flwr_privacy.privacy.noise.SecureGaussian``'s. What this module adds is the wiring
 and the rules:
 
-- the noise comes from an AES-CTR keystream keyed by ``os.urandom``, the Poisson sample from a generator
-  seeded by it (independent of the run seed: a server that knows the config cannot replay either;
-  amplification by sampling needs the sample to be secret too); ``insecure_seeded_noise`` draws both
-  from generators seeded by the run's, for tests;
+- the noise and the Poisson sample come from AES-CTR keystreams keyed by ``os.urandom``
+  (``SecureGaussian``, ``SecurePoissonSample``: independent of the run seed, so a server that knows the
+  config cannot replay either; amplification by sampling needs the sample to be secret too);
+  ``insecure_seeded_noise`` draws both from generators seeded by the run's, for tests;
 - a model must pass Opacus's ``ModuleValidator`` (no BatchNorm: ``make_private_model`` swaps it for
   GroupNorm, as Opacus's ``fix`` does) and carry no buffers, which would leave the client un-noised;
 - what a round spends is a function of the config and the client's example count alone
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from torch import nn
 
 from flwr_privacy.config import section, to_section
 from flwr_privacy.data import TensorData
-from flwr_privacy.privacy.noise import SecureGaussian
+from flwr_privacy.privacy.noise import SecureGaussian, SecurePoissonSample
 from flwr_privacy.privacy.per_example import ClippedSum, clip_factors, unsupported_layers
 
 # The name a round's spend is reported under (the ledger's mechanism).
@@ -140,14 +139,10 @@ def check_private_model(model: nn.Module) -> None:
         )
 
 
-def noise_generators(config: DPSGDConfig, generator: torch.Generator, device: torch.device) -> tuple[
-    torch.Generator, torch.Generator | None
-]:
-    """(sampling, noise) generators: the sampling one seeded by the OS and no noise generator (the noise is
-    ``SecureGaussian``'s), or both seeded from ``generator`` with ``insecure_seeded_noise``."""
+def seeded_generators(generator: torch.Generator, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """(sampling, noise) generators of ``insecure_seeded_noise``, two streams seeded from ``generator``:
+    replayable by anyone who knows the run seed (tests only)."""
     seeds = [int(torch.randint(0, 2**62, (1,), generator=generator)) for _ in range(2)]
-    if not config.insecure_seeded_noise:
-        return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little")), None
     return torch.Generator().manual_seed(seeds[0]), torch.Generator(device=device).manual_seed(seeds[1])
 
 
@@ -162,9 +157,10 @@ class PrivateSteps:
 
     The clipped sum is computed in one pass (``flwr_privacy.privacy.per_example``) when every trainable
     layer is a linear or convolutional one (the project's networks); otherwise by Opacus's per-example
-    hooks (``GradSampleModule``). Either way the noise is drawn at once for the whole model (by a
-    ``SecureGaussian`` unless ``insecure_seeded_noise``), and each lot holds each example independently
-    with probability q = B / n (Poisson sampling, the rate the ledger charges).
+    hooks (``GradSampleModule``). Either way the noise is drawn at once for the whole model, and each lot
+    holds each example independently with probability q = B / n (Poisson sampling, the rate the ledger
+    charges); both from keystreams nobody can replay (``SecureGaussian``, ``SecurePoissonSample``) unless
+    ``insecure_seeded_noise``.
     """
 
     def __init__(
@@ -184,10 +180,14 @@ class PrivateSteps:
         self.sizes = [p.numel() for p in self.params]
         # the noisy gradients' buffers, kept from step to step: a step allocates no gradient
         self.grads = [torch.empty(p.shape, dtype=p.dtype, device=p.device) for p in self.params]
-        self.sampling, seeded = noise_generators(config, generator, device)
-        self.noise: SecureGaussian | torch.Generator = (
-            SecureGaussian(sum(self.sizes), device) if seeded is None else seeded
-        )
+        self.sampling: SecurePoissonSample | torch.Generator
+        self.noise: SecureGaussian | torch.Generator
+        seeded = seeded_generators(generator, device)  # drawn either way: later draws do not depend on the switch
+        if config.insecure_seeded_noise:
+            self.sampling, self.noise = seeded
+        else:
+            self.sampling = SecurePoissonSample(len(data), self.lot / len(data))
+            self.noise = SecureGaussian(sum(self.sizes), device)
         self.data, self.config, self.device = data, config, device
         self.hooks: Any = None
         if unsupported_layers(model):
@@ -203,7 +203,10 @@ class PrivateSteps:
         n = len(self.data)
         rate = self.lot / n
         while True:
-            chosen = (torch.rand(n, generator=self.sampling) < rate).nonzero().squeeze(1)
+            if isinstance(self.sampling, SecurePoissonSample):
+                chosen = self.sampling.sample()
+            else:
+                chosen = (torch.rand(n, generator=self.sampling) < rate).nonzero().squeeze(1)
             yield self.data.x[chosen].to(self.device), self.data.y[chosen].to(self.device)
 
     def _clipped_sum_by_hooks(self, x: torch.Tensor, y: torch.Tensor, loss_fn: Any) -> tuple[list[torch.Tensor], float]:

@@ -79,14 +79,66 @@ def secure_uniform(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.from_numpy(_uniform_53(words, np.empty(words.shape))).reshape(shape)
 
 
+class Keystream:
+    """``count`` random 64-bit words a call, from one AES-256-CTR keystream (the key and the initial counter
+    drawn once, from ``os.urandom``; the 128-bit counter never repeats a block), into a buffer the next call
+    overwrites: one cipher call, no allocation.
+
+    Args:
+        count: how many words each ``words`` call returns.
+    """
+
+    def __init__(self, count: int) -> None:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        self.cipher = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(os.urandom(16))).encryptor()
+        self.zeros = bytes(8 * count + 8 * (count % 2))  # whole 16-byte blocks
+        self.bits = bytearray(len(self.zeros) + 15)  # update_into's room for one more block
+        self.buffer = np.frombuffer(self.bits, dtype=np.uint64, count=count)
+
+    def words(self) -> np.ndarray:
+        """The next ``count`` words of the keystream, uint64."""
+        self.cipher.update_into(self.zeros, self.bits)
+        return self.buffer
+
+
+class SecurePoissonSample:
+    """Poisson samples of ``n`` items at rate ``q``: each item in independently with probability q (a DP-SGD
+    lot, Abadi et al. 2016), from a ``Keystream`` nobody can replay, so that a server knowing the run seed
+    cannot tell which examples a lot held (amplification by sampling assumes it cannot).
+
+    Item i is in when its 64-bit word w_i < floor(q 2^64): with probability within 2^-64 below q, never above
+    (the rate the accountant charges is an upper bound), exact for q = 1.
+
+    Args:
+        n: how many items there are.
+        q: the sampling rate, in (0, 1].
+    """
+
+    def __init__(self, n: int, q: float) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"a Poisson sample's item count must be an int >= 0, got {n!r}")
+        if not 0 < q <= 1:  # also rejects NaN
+            raise ValueError(f"a Poisson sample's rate must be in (0, 1], got {q}")
+        self.keystream = Keystream(n)
+        self.every = q == 1
+        self.threshold = np.uint64(min(int(q * 2.0**64), 2**64 - 1))
+
+    def sample(self) -> torch.Tensor:
+        """The indices of one sample's items, ascending, int64."""
+        words = self.keystream.words()
+        if self.every:
+            return torch.arange(len(words))
+        return torch.from_numpy(np.flatnonzero(words < self.threshold))
+
+
 class SecureGaussian:
     """Samples of N(0, std^2), ``size`` at a time, from a keystream nobody can replay (module docstring).
 
-    Each ``sample`` is one AES-256-CTR keystream call (the key and the initial counter drawn once, from
-    ``os.urandom``), 53-bit uniforms u1, u2 on (0, 1] from its 64-bit words, and Box-Muller in float64:
-    std sqrt(-2 ln u1) (cos 2 pi u2, sin 2 pi u2), two samples a pair. The buffers are the sampler's, so a
-    step allocates nothing; the uniforms are made with NumPy on the CPU, the sines and cosines by torch on
-    ``device``.
+    Each ``sample`` is one ``Keystream`` call, 53-bit uniforms u1, u2 on (0, 1] from its 64-bit words, and
+    Box-Muller in float64: std sqrt(-2 ln u1) (cos 2 pi u2, sin 2 pi u2), two samples a pair. The buffers
+    are the sampler's, so a step allocates nothing; the uniforms are made with NumPy on the CPU, the sines
+    and cosines by torch on ``device``.
 
     Args:
         size: how many samples each ``sample`` call returns.
@@ -94,24 +146,18 @@ class SecureGaussian:
     """
 
     def __init__(self, size: int, device: torch.device | str = "cpu") -> None:
-        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"a Gaussian sampler's size must be an int >= 0, got {size!r}")
         self.size, self.device = size, torch.device(device)
         self.pairs = (size + 1) // 2
-        self.keystream = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(os.urandom(16))).encryptor()
-        self.zeros = bytes(16 * self.pairs)
-        self.bits = bytearray(len(self.zeros) + 15)  # update_into's room for one more block
-        self.words = np.frombuffer(self.bits, dtype=np.uint64, count=2 * self.pairs)
+        self.keystream = Keystream(2 * self.pairs)
         self.uniforms = np.empty(2 * self.pairs)
         self.samples = torch.empty(2, self.pairs, dtype=torch.float64, device=self.device)
 
     def sample(self, std: float) -> torch.Tensor:
         """``size`` samples of N(0, std^2), float64 on ``device``, in a buffer the next call overwrites."""
         _require_positive("Gaussian std", std)
-        self.keystream.update_into(self.zeros, self.bits)
-        radius, angle = _uniform_53(self.words, self.uniforms).reshape(2, self.pairs)
+        radius, angle = _uniform_53(self.keystream.words(), self.uniforms).reshape(2, self.pairs)
         np.log(radius, out=radius)
         np.multiply(radius, -2.0, out=radius)
         np.sqrt(radius, out=radius)

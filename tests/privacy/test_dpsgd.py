@@ -19,10 +19,10 @@ from flwr_privacy.privacy.dpsgd import (
     check_private_model,
     make_private_model,
     noise_for_target,
-    noise_generators,
     round_steps,
+    seeded_generators,
 )
-from flwr_privacy.privacy.noise import SecureGaussian
+from flwr_privacy.privacy.noise import SecureGaussian, SecurePoissonSample
 
 
 def data(n=200, value=0.0, features=8):
@@ -134,21 +134,43 @@ def test_noise_and_sampling_are_secret_unless_the_insecure_switch_is_on():
     assert torch.equal(one_step(linear(), data(), insecure, seed=7)[0], one_step(linear(), data(), insecure, seed=7)[0])
 
 
-@pytest.mark.parametrize("insecure", [False, True])
-def test_the_lot_sample_and_the_noise_come_from_two_streams_secret_unless_the_insecure_switch_is_on(insecure):
-    """One seed for both would make the Poisson sample and the noise draw from the same stream; a seed taken
-    from the client's generator is one a server replaying the run knows. Secure, the noise needs no seed at
-    all: it is a SecureGaussian's keystream."""
-    config = DPSGDConfig(enabled=True, insecure_seeded_noise=insecure)
-    runs = [noise_generators(config, torch.Generator().manual_seed(7), torch.device("cpu")) for _ in range(2)]
-    assert (runs[0][0].initial_seed() == runs[1][0].initial_seed()) is insecure  # sampling
-    if not insecure:
-        assert runs[0][1] is None and runs[1][1] is None
-        return
-    assert runs[0][0].initial_seed() != runs[0][1].initial_seed()  # sampling, noise
-    assert runs[0][1].initial_seed() == runs[1][1].initial_seed()
+def lots_of(insecure: bool, seed: int = 7, count: int = 5) -> list[torch.Tensor]:
+    """The labels of the first ``count`` lots of PrivateSteps built from a run generator seeded ``seed``, under
+    torch's and NumPy's global seeds 0: the example ids of each lot (the labels are the ids here)."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    ids = TensorData(torch.zeros(200, 1, 1, 8), torch.arange(200))
+    private = private_steps(linear(), ids, DPSGDConfig(enabled=True, insecure_seeded_noise=insecure), seed=seed)
+    try:
+        lots = private.lots()
+        return [next(lots)[1] for _ in range(count)]
+    finally:
+        private.close()
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_a_server_that_knows_the_run_seed_cannot_replay_the_lots():
+    """Amplification by sampling assumes the adversary does not know which examples a lot held: with the
+    same run generator and the same global seeds, two clients' lots differ (the keystream is the OS's)."""
+    first, second = lots_of(insecure=False), lots_of(insecure=False)
+    assert not same(first, second)
+    assert all(len(set(lot.tolist())) == len(lot) for lot in first)  # each example at most once a lot
+
+
+def test_the_insecure_switch_replays_the_lots_and_the_noise_from_the_run_seed_in_two_streams():
+    """Tests only: the same seed gives the same lots; another seed other lots; and the sampling and the noise
+    are two streams, not one seed used twice (the lot would then predict the noise)."""
+    assert same(lots_of(insecure=True), lots_of(insecure=True))
+    assert not same(lots_of(insecure=True), lots_of(insecure=True, seed=8))
+    sampling, noise = seeded_generators(torch.Generator().manual_seed(7), torch.device("cpu"))
+    assert sampling.initial_seed() != noise.initial_seed()
     streams = {g.initial_seed() for seed in range(50)  # runs with other seeds get other streams
-               for g in noise_generators(config, torch.Generator().manual_seed(seed), torch.device("cpu"))}
+               for g in seeded_generators(torch.Generator().manual_seed(seed), torch.device("cpu"))}
     assert len(streams) == 100
 
 
@@ -158,6 +180,7 @@ def test_the_noise_is_a_secure_gaussians_unless_the_insecure_switch_is_on(insecu
     private = PrivateSteps(model, data(), config, 20, torch.device("cpu"), torch.Generator())
     try:
         assert isinstance(private.noise, SecureGaussian) is (not insecure)
+        assert isinstance(private.sampling, SecurePoissonSample) is (not insecure)
         if not insecure:
             assert private.noise.size == sum(p.numel() for p in model.parameters())
     finally:

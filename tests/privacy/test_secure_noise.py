@@ -18,7 +18,7 @@ from flwr_privacy.privacy import (
     svt_above_threshold,
     svt_dssgd,
 )
-from flwr_privacy.privacy.noise import SecureGaussian, release_laplace
+from flwr_privacy.privacy.noise import SecureGaussian, SecurePoissonSample, release_laplace
 
 
 def dssgd_upload(tmp_path, **dssgd):
@@ -234,3 +234,52 @@ def test_secure_laplace_noise_is_laplace_with_the_given_scale():
     assert abs(noise.mean()) < 5 * 0.5 * np.sqrt(2) / np.sqrt(len(noise))
     assert noise.std() == pytest.approx(0.5 * np.sqrt(2), rel=0.01)
     assert stats.kstest(noise, "laplace", args=(0, 0.5)).pvalue > 1e-4
+
+
+@pytest.mark.parametrize("n, q", [(6000, 50 / 6000), (1000, 0.3), (7, 0.5)])
+def test_a_secure_poisson_sample_holds_each_item_independently_at_rate_q(n, q):
+    """Over many samples: the sample size has the binomial's mean and variance, every item is in about as
+    often as every other (chi-square over the items), and two items are in together at the product of their
+    rates (items 0 and 1, where the rate makes that count). A sampler at another rate, of a fixed size, or
+    favouring some items fails."""
+    draws = 4000
+    sampler = SecurePoissonSample(n, q)
+    counts, sizes, both = np.zeros(n), [], 0
+    for _ in range(draws):
+        chosen = sampler.sample().numpy()
+        assert chosen.dtype == np.int64 and np.all(np.diff(chosen) > 0) and (len(chosen) == 0 or chosen[-1] < n)
+        counts[chosen] += 1
+        sizes.append(len(chosen))
+        both += int(len(chosen) >= 2 and chosen[0] == 0 and chosen[1] == 1)
+    sizes = np.array(sizes)
+    assert abs(sizes.mean() - n * q) < 5 * np.sqrt(n * q * (1 - q) / draws)
+    assert sizes.var() == pytest.approx(n * q * (1 - q), rel=0.15)
+    assert stats.chisquare(counts).pvalue > 1e-6
+    if draws * q * q >= 100:  # items 0 and 1 together as often as the product of their rates
+        assert abs(both / draws - q * q) < 5 * np.sqrt(q * q * (1 - q * q) / draws)
+
+
+def test_a_secure_poisson_sample_is_not_replayed_by_any_seed():
+    """Two samplers under the same global seeds, and two calls of one, draw different samples."""
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        np.random.seed(0)
+        draws.append(SecurePoissonSample(1000, 0.1).sample())
+    sampler = SecurePoissonSample(1000, 0.1)
+    draws += [sampler.sample(), sampler.sample()]
+    assert all(not torch.equal(a, b) for i, a in enumerate(draws) for b in draws[i + 1:])
+
+
+def test_a_secure_poisson_sample_at_rate_one_holds_every_item_and_of_no_item_none():
+    assert torch.equal(SecurePoissonSample(9, 1.0).sample(), torch.arange(9))
+    assert len(SecurePoissonSample(0, 0.5).sample()) == 0
+
+
+def test_a_secure_poisson_sample_refuses_a_bad_count_or_rate():
+    for n in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="a Poisson sample's item count must be an int >= 0"):
+            SecurePoissonSample(n, 0.5)  # type: ignore[arg-type]
+    for q in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"a Poisson sample's rate must be in \(0, 1\]"):
+            SecurePoissonSample(10, q)
