@@ -19,6 +19,9 @@ The run config is the experiment's (``batch_size`` is each client's expected lot
 (``experiments.federation.make_client``), each built once, behind ``secaggplus_mod`` on an
 ``InProcessGrid``; ``dpsgd.tolerated`` is not a run-config key: ``--tolerated T`` sets t. Printed every
 ``evaluate_every`` rounds: the server's test accuracy and the ledger's epsilon; exit 1 if a round failed.
+The run's folder (``--out``, default ``outputs/<date>/<time>``, printed at the end) holds what
+``experiments.run`` writes: rounds.csv, rounds.json, accuracy.png and config.json, with
+``secagg.dp = "distributed-dpsgd"`` and ``secagg.tolerated`` added (``experiments.dpsgd_plot`` draws it).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +52,7 @@ from experiments.federation import (
     validate_run_config,
 )
 from experiments.inprocess import InProcessGrid
+from experiments.results import ResultsWriter, plot_rounds
 from flwr_privacy.config import RunConfig
 from flwr_privacy.privacy.dpsgd import DPSGDPlan
 from flwr_privacy.training import evaluate, pick_device
@@ -93,8 +98,9 @@ def client_app(run_config: dict[str, Any]) -> ClientApp:
     return app
 
 
-def run(run_config: dict[str, Any], tolerated: int = 0) -> list[dict[str, Any]]:
-    """The federation, round by round; the strategy's history (round 0 first)."""
+def run(run_config: dict[str, Any], tolerated: int = 0, out: Path | None = None) -> list[dict[str, Any]]:
+    """The federation, round by round, each round's record written to the folder ``out`` as it closes (none
+    without); the strategy's history (round 0 first)."""
     cfg = validate_run_config(run_config)
     if cfg.strategy != "fedavg":
         raise ValueError(f"strategy={cfg.strategy}: distributed DP-SGD runs with FedAvg")
@@ -112,7 +118,14 @@ def run(run_config: dict[str, Any], tolerated: int = 0) -> list[dict[str, Any]]:
         loss, accuracy = evaluate(scorer, test, device)
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
+    writer = None
+    if out is not None:
+        writer = ResultsWriter(out, {**run_config, "output-dir": str(out), "secagg.dp": "distributed-dpsgd",
+                                     "secagg.tolerated": tolerated})
+
     def report(record: dict[str, Any]) -> None:
+        if writer is not None:
+            writer(record)
         if record.get("test_accuracy") is not None:
             print(f"round {record['round']}: test accuracy {record['test_accuracy']:.4f}, epsilon "
                   f"{record.get('epsilon_total_max', 0.0):.3f}, {time.perf_counter() - started:.0f} s", flush=True)
@@ -130,16 +143,20 @@ def run(run_config: dict[str, Any], tolerated: int = 0) -> list[dict[str, Any]]:
           f"server momentum {cfg.momentum:g}, {cfg.num_rounds} rounds", flush=True)
     strategy.start(grid=InProcessGrid(client_app(run_config), run_config, cfg.num_clients),
                    initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.num_rounds, evaluate_fn=evaluate_fn)
+    if writer is not None:
+        plot_rounds(writer.rows, writer.dir / "accuracy.png", title=writer.dir.name)
     return strategy.history
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tolerated", type=int, default=0, help="t: drop-outs or colluders the noise survives")
+    parser.add_argument("--out", default="", help="the run's folder (default: outputs/<date>/<time>)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m experiments.run")
     args = parser.parse_args(argv)
+    out = Path(args.out or Path("outputs") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")).resolve()
     try:
-        history = run(run_config_of(args.overrides), args.tolerated)
+        history = run(run_config_of(args.overrides), args.tolerated, out)
     except (ValueError, FederationError) as err:
         sys.exit(f"error: {err}")
     rounds = history[1:]
@@ -148,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"final: test accuracy {last.get('test_accuracy', float('nan')):.4f}, epsilon "
           f"{last.get('epsilon_total_max', float('nan')):.3f} (delta {last.get('privacy_delta', 0):g}), "
           f"upload per client per round {last.get('bytes_up_per_client', 0):.0f} B, {failures} client failures")
+    print(f"results: {out}")
     if failures or not rounds:
         sys.exit(f"error: {failures} client failures")
 

@@ -1,7 +1,8 @@
 """Federated DP-SGD's accuracy against epsilon, MNIST and CIFAR-10 side by side, with the published
 centralized anchors drawn as reference points (docs/results.md, "DP-SGD at the published accuracy").
 
-Each run folder is a finished ``python -m experiments.run ... dpsgd.enabled=true`` run: its final test
+Each run folder is a finished ``python -m experiments.run ... dpsgd.enabled=true`` run, or one of
+``python -m experiments.distributed_dpsgd`` (its own line, "under SecAgg+ (noise in shares)"): its final test
 accuracy against the server ledger's ``epsilon_total_max``; runs of one algorithm and model make one line
 per data set. A run without DP-SGD (``dpsgd.enabled=false``) is drawn as a dashed line, "no DP".
 
@@ -46,10 +47,11 @@ def run_point(folder: str | Path) -> dict[str, Any]:
     if private and epsilon in (None, ""):
         raise ValueError(f"{folder} trained with DP-SGD but its last round reports no epsilon_total_max")
     features = "" if config.get("features", "pixels") == "pixels" else f"{config['features']} "
+    shares = " under SecAgg+ (noise in shares)" if config.get("secagg.dp") == "distributed-dpsgd" else ""
     return {
         "dataset": config["dataset"],
         "strategy": config["strategy"],
-        "label": f"{config['strategy']}, {features}{config['model']}",
+        "label": f"{config['strategy']}{shares}, {features}{config['model']}",
         "epsilon": None if epsilon is None else float(epsilon),
         "accuracy": float(last["test_accuracy"]),
         "folder": str(folder),
